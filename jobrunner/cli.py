@@ -497,11 +497,15 @@ def main(argv: list[str] | None = None) -> int:
 
         from jobrunner.common.jobtypes import JobTypeConfigError
         from jobrunner.common.refusal import REFUSED_EXIT, StateRefused
+        from jobrunner.common.runtime import RuntimeFileRefused
         from jobrunner.embedded.serverprocess import ServerStartError
 
         if isinstance(exc, StateRefused):
             print(f"jobrunner: {exc}", file=sys.stderr)
             return REFUSED_EXIT
+        if isinstance(exc, RuntimeFileRefused):
+            print(f"jobrunner: {exc}", file=sys.stderr)
+            return exitcodes.CONFIG
         if isinstance(exc, nats.errors.ConnectionClosedError):
             print(
                 "jobrunner: the NATS server closed the connection for good "

@@ -16,12 +16,20 @@ loop (``TIMER_JITTER``) to be handed over. A peer really silent is given up afte
 the slices' small lateness and that turn, and a slice more for each block of the loop, but never
 after more than ``MOST_BOUNDS`` bounds' worth of slices (a loop blocked again and again: its
 blocked time then counts).
+
+``within_loop_time`` bounds one awaitable; ``LoopTimeout`` bounds a block (``async with``), as
+``asyncio.timeout`` does, for work that is not one awaitable (a read that acquires, queries and
+releases; a request whose deadline starts mid-way). It also gives up after ``MOST_BOUNDS``
+bounds of wall time, however often the loop is blocked: a peer answered that late is as bad
+as one that never answered.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable
+from types import TracebackType
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -82,3 +90,60 @@ def _outcome(task: asyncio.Future[T]) -> T:
     if task.cancelled():
         raise TimeoutError
     return task.result()
+
+
+class LoopTimeout:
+    """``async with LoopTimeout(seconds)``: the block is cancelled, and ``TimeoutError`` raised
+    from it, once it has run ``seconds`` of the loop's own time (as ``within_loop_time`` counts
+    it), or ``MOST_BOUNDS`` times ``seconds`` of wall time, whichever comes first.
+    ``LoopTimeout(None)`` bounds nothing until ``start``. ``asyncio.timeout``'s cancel and its
+    ``TimeoutError`` do the ending: only when it happens is decided here."""
+
+    def __init__(self, seconds: float | None) -> None:
+        self._seconds = seconds
+        self._wall = asyncio.timeout(None)
+        self._counting: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> LoopTimeout:
+        await self._wall.__aenter__()
+        if self._seconds is not None:
+            self.start(self._seconds)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self._counting is not None:
+            self._counting.cancel()
+        await self._wall.__aexit__(exc_type, exc, traceback)
+
+    def start(self, seconds: float) -> None:
+        """The bound of ``seconds`` starts now (again, if it had started: the time spent before
+        is forgotten)."""
+        loop = asyncio.get_running_loop()
+        if self._counting is not None:
+            self._counting.cancel()
+        self._wall.reschedule(loop.time() + seconds * MOST_BOUNDS)
+        self._counting = loop.create_task(self._end_when_spent(seconds))
+
+    async def _end_when_spent(self, seconds: float) -> None:
+        # A future nothing sets: within_loop_time then only counts the loop's own time.
+        with contextlib.suppress(TimeoutError):
+            await within_loop_time(asyncio.get_running_loop().create_future(), seconds)
+        # The wall-time backstop may have ended the block already, its clean-up still awaiting:
+        # the block is being ended, and a timeout expiring cannot be rescheduled.
+        if not self._wall.expired():
+            self._wall.reschedule(asyncio.get_running_loop().time())  # asyncio's cancel, now
+
+    def expired(self) -> bool:
+        """Whether the bound ended the block (as ``asyncio.Timeout.expired``)."""
+        return self._wall.expired()
+
+    def when(self) -> float | None:
+        """The loop time by which the block is ended at the latest: the wall-time backstop
+        (the bound on the loop's own time may end it sooner; it is never later). None before
+        ``start``."""
+        return self._wall.when()

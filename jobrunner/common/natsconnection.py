@@ -22,6 +22,28 @@ def server_urls(nats_url: str) -> list[str]:
     return [url.strip() for url in nats_url.split(",") if url.strip()]
 
 
+def checked_servers(nats_url: str) -> list[str]:
+    """The servers of ``nats_url``, or ``SettingsError`` saying why no part can connect to it."""
+    servers = server_urls(nats_url)
+    if not servers:
+        raise SettingsError("nats_url names no server")
+    for server in servers:
+        url = urlsplit(server if "://" in server else f"nats://{server}")
+        try:
+            url.port  # noqa: B018  (raises on a port that is not a number)
+        except ValueError:
+            raise SettingsError(f"nats_url: {url.hostname}: the port is not a number") from None
+        scheme = url.scheme
+        if scheme not in SCHEMES:
+            # nats-py would take ws:// and wss://; the projector's stream reader speaks the
+            # protocol over TCP only, so refusing here beats a projector that cannot start.
+            raise SettingsError(
+                f"nats_url: {scheme}:// is not supported (use nats:// or tls://): "
+                f"{urlsplit(server).hostname or server}"
+            )
+    return servers
+
+
 @dataclass(frozen=True)
 class NatsConnection:
     """The servers to try in order, the deadline of each connect step, and TLS.
@@ -40,25 +62,8 @@ class NatsConnection:
     @classmethod
     def from_settings(cls, settings: Settings) -> NatsConnection:
         """The options, or ``SettingsError`` naming the setting that cannot be honoured."""
-        servers = server_urls(settings.nats_url)
-        if not servers:
-            raise SettingsError("nats_url names no server")
-        for server in servers:
-            url = urlsplit(server if "://" in server else f"nats://{server}")
-            try:
-                url.port  # noqa: B018  (raises on a port that is not a number)
-            except ValueError:
-                raise SettingsError(f"nats_url: {url.hostname}: the port is not a number") from None
-            scheme = url.scheme
-            if scheme not in SCHEMES:
-                # nats-py would take ws:// and wss://; the projector's stream reader speaks the
-                # protocol over TCP only, so refusing here beats a projector that cannot start.
-                raise SettingsError(
-                    f"nats_url: {scheme}:// is not supported (use nats:// or tls://): "
-                    f"{urlsplit(server).hostname or server}"
-                )
         return cls(
-            servers=servers,
+            servers=checked_servers(settings.nats_url),
             connect_timeout=settings.nats_connect_timeout_seconds,
             tls=tls_context(settings),
             tls_hostname=settings.nats_tls_hostname or None,

@@ -41,7 +41,9 @@ class SettingsError(Exception):
 
 
 # dict: the instance also keeps, out of its fields, where load_settings found each value
-# (``sources``) and the values it took the largest in place of (``capped``).
+# (``sources``) and the values it took the largest in place of (``capped``). A copy keeps them
+# only when made with ``replaced``: msgspec.structs.replace, dataclasses.replace and copy.copy
+# leave them behind (tests/test_code_quality.py refuses those on settings).
 class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, dict=True):
     # Where things are
     nats_url: str = "nats://127.0.0.1:4222"  # a cluster: its servers' URLs, comma-separated
@@ -289,6 +291,25 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, dict=Tr
             raise SettingRefused(
                 "log_level", self.log_level, "is not a level there is", _takes("log_level")
             )
+
+    def replaced(self, *, source: str | None = None, **changes: Any) -> Settings:
+        """A copy with ``changes``, which keeps where each other value came from (and what
+        was written in place of a capped one), so that a refusal or a warning about the copy
+        names the right variable, file key or flag. ``source``: where the changed values come
+        from (a file of ``jobrunner up``'s, say); None for values given in code, told as
+        ``name = value``. A changed value no service can honour is refused naming it."""
+        try:
+            copy = msgspec.structs.replace(self, **changes)
+        except SettingRefused as exc:
+            exc.source = source
+            raise
+        sources = {k: v for k, v in sources_of(self).items() if k not in changes}
+        if source is not None:
+            sources.update(dict.fromkeys(changes, source))
+        capped = {k: v for k, v in capped_values(self).items() if k not in changes}
+        copy.__dict__["_capped"] = capped | capped_values(copy)  # the changes' own, as given
+        copy.__dict__["_sources"] = sources
+        return copy
 
 
 class Bounds(msgspec.Struct, frozen=True):
@@ -623,8 +644,7 @@ def load_settings(
     if "stream_read_timeout_seconds" not in values:
         # Not configured: kept below a keep-alive an operator shortened to 5 s or less, who
         # would otherwise be refused at start for a setting never set.
-        settings = msgspec.structs.replace(
-            settings,
+        settings = settings.replaced(
             stream_read_timeout_seconds=min(
                 STREAM_READ_TIMEOUT_SECONDS, settings.sse_keepalive_seconds / 2
             ),
@@ -637,8 +657,8 @@ def load_settings(
 
 def sources_of(settings: Settings) -> dict[str, str]:
     """Where ``load_settings`` found each value it was given: a variable, ``config file
-    <path>`` or a flag (for ``settingsrefusal.written``). Empty for settings made otherwise, or
-    replaced since."""
+    <path>`` or a flag (for ``settingsrefusal.written``), and where ``Settings.replaced`` was
+    told its changes came from. Empty for settings made otherwise."""
     sources: dict[str, str] = settings.__dict__.get("_sources", {})
     return sources
 

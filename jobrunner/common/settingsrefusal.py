@@ -31,18 +31,21 @@ class Shape(NamedTuple):
 
 class SettingRefused(ValueError):
     """A ``value`` of ``name`` no service can honour; ``predicate`` says what is wrong with it
-    ("is out of range"), ``takes`` what the setting takes. ``load_settings`` names where the
-    value was written."""
+    ("is out of range"), ``takes`` what the setting takes; ``source`` where the value was
+    written, when known (``load_settings`` names it in its own sentence)."""
 
-    def __init__(self, name: str, value: Any, predicate: str, takes: str) -> None:
+    def __init__(
+        self, name: str, value: Any, predicate: str, takes: str, source: str | None = None
+    ) -> None:
         super().__init__(name, value, predicate, takes)
         self.name = name
         self.value = value
         self.predicate = predicate
         self.takes = takes
+        self.source = source
 
     def __str__(self) -> str:
-        return refusal(self.name, self.value, None, self.predicate, self.takes)
+        return refusal(self.name, self.value, self.source, self.predicate, self.takes)
 
 
 # msgspec's sentences for a value it cannot convert, read for the setting's name and what is

@@ -7,8 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from jobrunner.common.runtime import runtime_path, with_runtime
+from jobrunner import cli
+from jobrunner.common import exitcodes
+from jobrunner.common.runtime import RUNTIME_FILE, runtime_path, with_runtime
 from jobrunner.common.settings import Settings
+from tests.tools.logging_state import logging_put_back
 
 RUNNING = {
     "nats_url": "nats://127.0.0.1:4567",
@@ -59,3 +62,31 @@ def test_damaged_runtime_file_is_ignored(tmp_path: Path, content: str) -> None:
     """A runtime.json that is damaged or of another shape is ignored, not a traceback."""
     configured = state(tmp_path, content)
     assert with_runtime(configured, {}) == configured
+
+
+@pytest.mark.parametrize(
+    ("written", "sentence"),
+    [
+        ({"nats_url": "foo://127.0.0.1:1"}, 'has nats_url = "foo://127.0.0.1:1", which cannot'),
+        ({"prefix": "bad prefix!"}, 'has prefix = "bad prefix!", which cannot be used'),
+    ],
+    ids=["nats_url", "prefix"],
+)
+def test_a_runtime_file_value_no_command_can_use_is_refused_naming_the_file(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    written: dict[str, str],
+    sentence: str,
+) -> None:
+    """``jobrunner events`` on a runtime.json whose NATS URL or prefix no command can use: one
+    sentence naming the file and the value, exit 78 (before, the URL's refusal named no source
+    and the prefix's was a traceback)."""
+    for name in ("JOBRUNNER_NATS_URL", "JOBRUNNER_DATABASE_URL", "JOBRUNNER_PREFIX"):
+        monkeypatch.delenv(name, raising=False)
+    (tmp_path / RUNTIME_FILE).write_text(json.dumps(written))
+    with logging_put_back():  # the command configures logging on the captured stderr
+        assert cli.main(["events", "--state-dir", str(tmp_path)]) == exitcodes.CONFIG
+    said = capsys.readouterr().err
+    assert f"jobrunner: jobrunner up's {tmp_path / RUNTIME_FILE} {sentence}" in said, said
+    assert "Traceback" not in said

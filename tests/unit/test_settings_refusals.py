@@ -11,7 +11,7 @@ from typing import Any
 
 import msgspec
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jobrunner import cli
@@ -258,6 +258,7 @@ def _written(value: float, name: str) -> str:
 VARIABLE_TEXT = st.text(st.characters(blacklist_categories=["Cs"], blacklist_characters="\0"))
 
 
+@settings(deadline=None)  # a loaded machine: see conftest
 @given(st.sampled_from(NUMERIC), VARIABLE_TEXT)
 def test_any_text_for_a_numeric_variable_is_refused_by_name_or_taken_in_range(
     name: str, text: str
@@ -286,6 +287,7 @@ def loaded(name: str, config: Path | None) -> tuple[float, str | None]:
 NUMBER_CHARACTERS = string.ascii_letters + string.digits + " .+-_"
 
 
+@settings(deadline=None)  # a loaded machine: see conftest
 @given(
     name=st.sampled_from(NUMERIC),
     value=st.integers() | st.floats() | st.booleans() | st.text(NUMBER_CHARACTERS, max_size=8),

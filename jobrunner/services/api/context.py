@@ -150,7 +150,9 @@ async def read_pool(database_url: str, deadline_seconds: float) -> ReadPool:
 async def health_pool(database_url: str, deadline_seconds: float) -> ReadPool:
     """``GET /health``'s own connection to Postgres (a pool of one, opened when first needed
     and again after a failure), outside the read pool: its bound then measures Postgres, not
-    ten legitimate slow reads holding every pooled connection."""
+    ten legitimate slow reads holding every pooled connection. Its bound counts the API loop's
+    own time: the loop blocked by other work while Postgres answered is not a frozen Postgres
+    (``POSTGRES_TIMEOUT`` takes the instance out of a load balancer)."""
     pool = await database.create_pool(
         database_url,
         min_size=0,
@@ -158,7 +160,7 @@ async def health_pool(database_url: str, deadline_seconds: float) -> ReadPool:
         reset=database.keep_session,
         connect=database.connect_or_unreachable,
     )
-    return ReadPool(pool, deadline_seconds)
+    return ReadPool(pool, deadline_seconds, on_loop_time=True)
 
 
 def sse_limits(settings: Settings) -> Limits:

@@ -126,7 +126,9 @@ class PostgresFacts:
 async def _postgres(ctx: ApiContext) -> PostgresFacts:
     """Every read of Postgres health makes, on its own connection (not the read pool's: ten
     legitimate slow reads must not look like a frozen Postgres) and within one bound,
-    ``health_postgres_timeout_seconds``: a probe gets an answer while Postgres is frozen."""
+    ``health_postgres_timeout_seconds`` of the loop's own time (the health pool's, context.py):
+    a probe gets an answer while Postgres is frozen, and no POSTGRES_TIMEOUT for an answer that
+    came while the API's loop was busy with other work."""
     seconds = ctx.settings.health_postgres_timeout_seconds
     facts = PostgresFacts(readmodels=ctx.readmodels.state)
     try:

@@ -25,6 +25,7 @@ from typing import Any
 import asyncpg
 
 from jobrunner.common import database, postgresconnect
+from jobrunner.common.looptime import LoopTimeout
 
 
 class ReadModelsTimeout(Exception):
@@ -149,12 +150,18 @@ class Read:
     __slots__ = ("_cancel_grace", "_conn", "_deadline", "_pool", "_seconds")
 
     def __init__(
-        self, pool: asyncpg.Pool, seconds: float, cancel_grace: float = CANCEL_GRACE_SECONDS
+        self,
+        pool: asyncpg.Pool,
+        seconds: float,
+        cancel_grace: float = CANCEL_GRACE_SECONDS,
+        on_loop_time: bool = False,
     ) -> None:
         self._pool = pool
         self._seconds = seconds
         self._cancel_grace = cancel_grace
-        self._deadline = asyncio.timeout(seconds)
+        self._deadline: asyncio.Timeout | LoopTimeout = (
+            LoopTimeout(seconds) if on_loop_time else asyncio.timeout(seconds)
+        )
         self._conn: Any = None
 
     async def __aenter__(self) -> Any:
@@ -207,6 +214,10 @@ class Read:
             ) from exc
 
     def _left(self) -> float:
+        # The time left until the deadline's latest end (``when``: for a LoopTimeout its
+        # wall-time backstop, twice the bound). The caller is cancelled once the bound is spent
+        # (1x, on the loop's own time); only asyncpg's release, which it shields from that
+        # cancel, may run on, and this bounds it to the backstop (2x) at most.
         when = self._deadline.when()
         assert when is not None
         return max(0.0, when - asyncio.get_running_loop().time())
@@ -227,22 +238,31 @@ class Read:
 
 
 class ReadPool:
-    """asyncpg's pool for reads, with a deadline over acquire + query + release."""
+    """asyncpg's pool for reads, with a deadline over acquire + query + release; on the event
+    loop's own time when ``on_loop_time`` (``common.looptime.LoopTimeout``: the loop blocked by
+    other work while Postgres answered does not count against it), else on wall time."""
 
     def __init__(
         self,
         pool: asyncpg.Pool,
         deadline_seconds: float,
         cancel_grace_seconds: float = CANCEL_GRACE_SECONDS,
+        on_loop_time: bool = False,
     ) -> None:
         self.pool = pool
         self.deadline_seconds = deadline_seconds
         self.cancel_grace_seconds = cancel_grace_seconds
+        self.on_loop_time = on_loop_time
 
     def acquire(self, deadline_seconds: float | None = None) -> Read:
         """A connection for the block; the block's queries and the connection's return share
         the deadline (``deadline_seconds``, else the pool's). Past it: ReadModelsTimeout."""
-        return Read(self.pool, deadline_seconds or self.deadline_seconds, self.cancel_grace_seconds)
+        return Read(
+            self.pool,
+            deadline_seconds or self.deadline_seconds,
+            self.cancel_grace_seconds,
+            self.on_loop_time,
+        )
 
     async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
         async with self.acquire() as conn:

@@ -9,7 +9,6 @@ webhook's host on the same address must get its own TLS name. Environment proxie
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import ssl
 import time
@@ -19,6 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
+from jobrunner.common.looptime import MOST_BOUNDS, LoopTimeout
 from jobrunner.services.notifier.addresses import (
     AddressPolicy,
     AddressRefused,
@@ -112,10 +112,13 @@ class Sender:
         verify: ssl.SSLContext | bool = (
             ssl.create_default_context(cafile=ca_file) if ca_file else True
         )
+        # httpx's own bounds on sending and reading are wall time, each socket read or write
+        # on its own: only a backstop (the answer's deadline, _post_to, is the bound).
+        backstop = read_timeout * MOST_BOUNDS
         self.client = httpx.AsyncClient(
             verify=verify,
             timeout=httpx.Timeout(
-                connect=connect_timeout, read=read_timeout, write=read_timeout, pool=read_timeout
+                connect=connect_timeout, read=backstop, write=backstop, pool=read_timeout
             ),
             follow_redirects=False,
             trust_env=False,
@@ -186,19 +189,17 @@ class Sender:
         the whole answer, not httpx's per read (a receiver dripping a byte at a time inside it
         held the attempt, and the job's delivery, for ever). Once the status has come it is the
         answer: a body that never ends or breaks off cannot turn a 200 into a retry."""
-        loop = asyncio.get_running_loop()
         answered: AttemptResult | None = None
-        # Wall time on purpose, not the loop's own: the notifier's loop does little else than
-        # deliver, and a receiver's answer taken for WEBHOOK_TIMEOUT after a block only means a
-        # retry, within delivery's promise (at least once; receivers de-duplicate on
-        # X-Jobrunner-Delivery, README "Delivery"). The deadline starts mid-request (at the
-        # headers' send) and covers the streamed answer: not a plain wait to move.
+        # The loop's own time (common.looptime), not wall time: the notifier's loop blocked
+        # (a long callback, a suspended process resumed) while the receiver answered is not a
+        # receiver that did not answer. The deadline starts mid-request (at the headers' send)
+        # and covers the streamed answer.
         try:
-            async with asyncio.timeout(None) as answer_due:
+            async with LoopTimeout(None) as answer_due:
 
                 async def connected(event: str, info: dict[str, object]) -> None:
                     if event == "http11.send_request_headers.started":
-                        answer_due.reschedule(loop.time() + self.read_timeout)
+                        answer_due.start(self.read_timeout)
 
                 async with self.client.stream(
                     "POST",
