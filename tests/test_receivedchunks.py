@@ -109,3 +109,24 @@ def test_a_read_waiting_when_the_connection_is_closed_ends_with_nothing(loop: st
         server.close()
 
     run_on(loop, scenario())
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+@pytest.mark.parametrize("told", [True, False])
+def test_a_connection_ended_before_the_takeover_is_read_to_its_end_at_once(
+    loop: str, told: bool
+) -> None:
+    """A connection dropped just before its reading is taken over (its end told to asyncio's
+    reader already, or not yet): the read ends at once, no wait for data that cannot come."""
+
+    async def scenario() -> None:
+        server, reader, writer, peer = await _connected(b"")
+        writer.transport.abort()
+        if told:
+            await asyncio.wait_for(writer.wait_closed(), 5)
+        chunks = await ReceivedChunks.take_over(reader, writer, LIMIT)
+        assert await asyncio.wait_for(chunks.read(), 5) == b""
+        peer.close()
+        server.close()
+
+    run_on(loop, scenario())

@@ -1,11 +1,11 @@
 """A connection's reads handed on as the transport received them: no copy of their bytes.
 
 asyncio's ``StreamReader`` copies every byte received three times before its ``read`` returns
-it (appended to its ``bytearray``, sliced, made ``bytes``): a replay reads each event's bytes
-that way once, a tenth of a million events' loading spent in ``memcpy`` (``bench/RESULTS.md``,
-session 40). ``ReceivedChunks`` takes over an open connection's reading from its
-``StreamReaderProtocol`` (the connect, TLS and the handshake stay with asyncio's streams) and
-``read`` returns each ``bytes`` object the transport made from the socket, as it is.
+it (appended to its ``bytearray``, sliced, made ``bytes``): over 3 % of a replay's loading
+instructions (``bench/RESULTS.md``, session 40). ``ReceivedChunks`` takes over an open
+connection's reading from its ``StreamReaderProtocol`` (the connect, TLS and the handshake stay
+with asyncio's streams) and ``read`` returns each ``bytes`` object the transport made from the
+socket, as it is.
 
 The rest of the connection's life still goes through the ``StreamReaderProtocol`` it replaces:
 write flow control (so ``StreamWriter.drain`` still waits while the socket is full), the end of
@@ -42,11 +42,16 @@ class ReceivedChunks(asyncio.Protocol):
         received already and nobody read comes first."""
         chunks = cls(limit)
         transport = writer.transport
-        inner = transport.get_protocol()
-        assert isinstance(inner, asyncio.StreamReaderProtocol)
-        chunks._inner = inner
-        chunks._transport = transport  # type: ignore[assignment]
-        transport.set_protocol(chunks)
+        if transport.is_closing():
+            # Ending (or ended, its end told to ``reader`` already): nothing more comes, what
+            # ``reader`` holds is all.
+            chunks._eof = True
+        else:
+            inner = transport.get_protocol()
+            assert isinstance(inner, asyncio.StreamReaderProtocol)
+            chunks._inner = inner
+            chunks._transport = transport  # type: ignore[assignment]
+            transport.set_protocol(chunks)
         # Nothing reaches ``reader`` any more: an EOF makes its ``read`` return what it holds,
         # at once, and then nothing.
         reader.feed_eof()
