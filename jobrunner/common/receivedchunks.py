@@ -42,9 +42,13 @@ class ReceivedChunks(asyncio.Protocol):
         received already and nobody read comes first."""
         chunks = cls(limit)
         transport = writer.transport
-        if transport.is_closing():
-            # Ending (or ended, its end told to ``reader`` already): nothing more comes, what
-            # ``reader`` holds is all.
+        # ``reader._eof``: the peer's end (its FIN) was told to ``reader`` already. On plain TCP
+        # its protocol keeps the transport half-open then (``eof_received`` returns True), so
+        # ``is_closing`` stays False, and no event would ever tell this reader of that end.
+        # ``StreamReader`` has no public "EOF received" (``at_eof`` is False while it holds
+        # bytes), hence the private field.
+        if transport.is_closing() or reader._eof:  # type: ignore[attr-defined]
+            # Ending (or ended): nothing more comes, what ``reader`` holds is all.
             chunks._eof = True
         else:
             inner = transport.get_protocol()
@@ -53,17 +57,18 @@ class ReceivedChunks(asyncio.Protocol):
             chunks._transport = transport  # type: ignore[assignment]
             transport.set_protocol(chunks)
         # Nothing reaches ``reader`` any more: an EOF makes its ``read`` return what it holds,
-        # at once, and then nothing.
+        # and then nothing. Put before anything received meanwhile, whether ``read`` waited or
+        # not: ``reader`` received it first.
         reader.feed_eof()
         held = await reader.read()
         if held:
-            chunks._chunks.append(held)
-            chunks._buffered = len(held)
+            chunks._chunks.appendleft(held)
+            chunks._buffered += len(held)
         return chunks
 
-    async def read(self, n: int = -1) -> bytes:
-        """The oldest read not handed out yet (``n`` is not looked at: each is at most what
-        the transport reads at once); ``b""`` at the connection's end, or its error raised."""
+    async def read(self) -> bytes:
+        """The oldest read not handed out yet (each at most what the transport reads at once);
+        ``b""`` at the connection's end, or its error raised."""
         while not self._chunks:
             if self._error is not None:
                 raise self._error

@@ -220,7 +220,7 @@ class StreamReader:
 
     async def batches(self) -> AsyncIterator[list[tuple[int, bytes]]]:
         """Every message from the start sequence on, a socket read's worth at a time."""
-        assert self._reader is not None
+        assert isinstance(self._reader, ReceivedChunks)  # since ``open``
         while True:
             if self._error is not None:
                 # Raised only now: the messages read before it went out with the last batch.
@@ -234,7 +234,7 @@ class StreamReader:
                 # live link for dead, which only reconnects and reads on from the last sequence
                 # read (nothing lost nor repeated); not worth slices on every read.
                 async with asyncio.timeout(HEARTBEAT_SECONDS * 3):
-                    chunk = await self._reader.read(READ_SIZE)
+                    chunk = await self._reader.read()
                 if not chunk:
                     raise StreamReaderError("NATS closed the connection")
                 batch = self._parse(chunk)

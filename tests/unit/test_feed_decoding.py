@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jobrunner.common.loglevels import LEVELS
+from jobrunner.common.loglevels import LEVELS, STREAMS, Level, Stream
 from jobrunner.contracts import codec, events
 from jobrunner.services.projector import nulfree
 from jobrunner.services.projector.feed import NO_TIME, EventFeed
@@ -269,9 +269,12 @@ def test_a_line_of_a_stream_or_level_the_runner_never_writes_is_stored_as_writte
 
 
 def test_the_nul_free_lines_take_exactly_the_runners_streams_and_levels() -> None:
-    """Every stream and level the runner writes takes the NUL-free path (none decoded twice)."""
-    assert typing.get_args(nulfree.LineLevel) == LEVELS
-    for stream in typing.get_args(nulfree.LineStream):
+    """Every stream and level the runner and external jobs' reports write takes the NUL-free
+    path (none decoded twice), and the NUL-free lines take no other."""
+    _, stream_type, level_type, _, _ = typing.get_args(nulfree.LineFields)
+    assert stream_type == Stream
+    assert level_type == Level
+    for stream in STREAMS:
         for level in LEVELS:
             line = events.LogLine(1, stream, level, AT, "hi")
             data = codec.encode(events.LineLogged(job_id="j1", lines=[line]))

@@ -18,10 +18,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jobrunner.common import streamreader
+from jobrunner.common.receivedchunks import ReceivedChunks
 from jobrunner.common.streamreader import (
     HEADERS_ALLOWANCE,
     MAX_LINE,
     PAYLOAD_BOUND,
+    READ_LIMIT,
     READ_SIZE,
     StreamReader,
     StreamReaderError,
@@ -198,8 +200,8 @@ class SocketWriter(FakeWriter):
 
 async def batches_then_error(reader: StreamReader, data: bytes) -> tuple[list[int], Exception]:
     """The sequences ``batches`` hands out for ``data``, and the error it raises after them."""
-    reader._reader = asyncio.StreamReader()
-    reader._reader.feed_data(data)
+    reader._reader = ReceivedChunks(READ_LIMIT)  # what ``open`` leaves, ``data`` received
+    reader._reader.data_received(data)
     reader._writer = SocketWriter()  # type: ignore[assignment]
     return await sequences_until_raised(reader, Exception)
 

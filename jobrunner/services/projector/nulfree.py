@@ -22,23 +22,21 @@ levels only), so its rows are built without a Python step per line.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
 
 import msgspec
 
+from jobrunner.common.loglevels import Level, Stream
 from jobrunner.contracts import events
 
 # The six bytes of a NUL written in JSON: none of them, no NUL anywhere in the message.
 JSON_NUL = b"\\u0000"
 
-# A line's stream and level as the runner writes them (``loglevels.LEVELS``), as literals:
-# msgspec hands out its one string of each value instead of a new one a line (made, then freed,
-# twice a line of a replay's millions). A line with any other value (a foreign publisher's) is
-# refused here and decoded by the contract's decoder, which takes any string.
-LineStream = Literal["stdout", "stderr"]
-LineLevel = Literal["DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR"]
 # A line as the contract's ``LogLine`` lays it out on the wire: seq, stream, level, timestamp, text.
-LineFields = tuple[int, LineStream, LineLevel, datetime, str]
+# Its stream and level as the runner writes them, as literals: msgspec hands out its one string
+# of each value instead of a new one a line (made, then freed, twice a line of a replay's
+# millions). A line with any other value (a foreign publisher's) is refused here and decoded by
+# the contract's decoder, which takes any string.
+LineFields = tuple[int, Stream, Level, datetime, str]
 
 
 class NulFreeLineLogged(events.Event, frozen=True, kw_only=True, tag="LineLogged", gc=False):
