@@ -7,6 +7,7 @@ stored before, larger than that, is read whole."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 
@@ -27,6 +28,7 @@ from jobrunner.contracts.names import Names
 from jobrunner.embedded.scratch import scratch_dir
 from tests.servers import delete_streams
 from tests.tls_nats import ConfiguredNats
+from tests.tools.event_loops import LOOPS, run_on
 from tests.tools.reader_batches import sequences_until_raised
 from tests.tools.scripted_nats import ScriptedNats
 
@@ -51,6 +53,13 @@ def delivery(consumer_seq: int, payload: bytes = b"{}", header_size: int | None 
 async def jetstream(nats_server_url: str) -> AsyncIterator[tuple[JetStreamContext, Names]]:
     """A JetStream context on the real server and a stream of the test's own, for the reader's
     consumer (its messages go nowhere: the reader reads from the scripted server)."""
+    async with jetstream_on(nats_server_url) as made:
+        yield made
+
+
+@contextlib.asynccontextmanager
+async def jetstream_on(nats_server_url: str) -> AsyncIterator[tuple[JetStreamContext, Names]]:
+    """``jetstream`` on the running loop (a test's own, ``run_on``)."""
     settings = Settings(nats_url=nats_server_url, prefix=f"t{uuid.uuid4().hex[:10]}")
     names = Names(settings.prefix)
     nc = await eventstore.connect(settings, "test")
@@ -114,6 +123,33 @@ async def test_a_malformed_frame_from_the_server_is_refused_after_the_messages_b
     assert reader.last_seq == 12
     assert "malformed frame from NATS" in str(error)
     assert reason in str(error)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_server_that_hangs_up_right_after_the_open_is_left_at_the_first_read(
+    nats_server_url: str, loop: str
+) -> None:
+    """A server answers the open's PONG and hangs up at once (its FIN right behind the PONG,
+    so it reaches the reader while the open finishes): the first read fails with "NATS closed
+    the connection" at once, not with the 15 s silence's "no message nor heartbeat" (as it did
+    in session 40's first cut: asyncio's reader had seen the end and kept the socket half-open,
+    so nothing told the reads that took over)."""
+
+    async def scenario() -> None:
+        async with (
+            jetstream_on(nats_server_url) as (js, names),
+            ScriptedNats(b"", hang_up=True) as server,
+        ):
+            reader = StreamReader(js, [server.url], names.stream, names.all_subjects)
+            try:
+                await reader.open(1)
+                seqs, error = await sequences_until_raised(reader, StreamReaderError)
+            finally:
+                await reader.close()
+        assert seqs == []
+        assert str(error) == "NATS closed the connection"
+
+    run_on(loop, scenario())
 
 
 @pytest.mark.parametrize("announced", [10**12, -1, "lots"])

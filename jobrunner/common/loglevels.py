@@ -1,5 +1,6 @@
 """Log levels as tools print them: where the runner reads a line's level, and whether a line
-already shows it.
+already shows it; the levels and streams a stored line has (``Level``, ``Stream``), one
+definition for the runner, the external jobs' reports, the log API and the projector.
 
 A line's level is read from its start (after an optional timestamp), where tools print it
 (``INFO    Starte ...``, ``2025-12-27 12:15:00 WARNING ...``). A line that starts with its
@@ -11,6 +12,7 @@ out for those lines (``shows_level``, and ``shows_level_sql`` where Postgres for
 from __future__ import annotations
 
 import re
+from typing import Literal, get_args
 
 LEVEL_RE = re.compile(
     r"^\s*"
@@ -22,7 +24,11 @@ LEVEL_RE = re.compile(
 )
 LEVEL_SCAN_CHARS = 200  # the level is looked for in a line's first 200 characters
 LEVEL_ALIASES = {"WARN": "WARNING", "CRITICAL": "ERROR", "FATAL": "ERROR"}
-LEVELS = ("DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR")
+# A stored line's level and stream: what the runner and external jobs' reports write.
+Level = Literal["DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR"]
+Stream = Literal["stdout", "stderr"]
+LEVELS: tuple[Level, ...] = get_args(Level)
+STREAMS: tuple[Stream, ...] = get_args(Stream)
 
 
 def level_of_word(word: str, default: str = "INFO") -> str:

@@ -45,10 +45,13 @@ from nats.js import JetStreamContext, api
 from jobrunner.common import subscription
 from jobrunner.common.looptime import within_loop_time
 from jobrunner.common.natsconnection import NatsConnection
+from jobrunner.common.receivedchunks import ReceivedChunks
 
 log = structlog.get_logger()
 
 READ_SIZE = 1 << 20
+# What the connection may hold unread: the transport stops reading past twice this.
+READ_LIMIT = READ_SIZE * 4
 # The usual frame, a stored message with headers and a v1 reply subject (``$JS.ACK.<stream>.
 # <consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.<pending>``), matched in one C call:
 # a fifth less CPU a message than splitting the line and the subject in Python. Every other frame
@@ -57,7 +60,9 @@ READ_SIZE = 1 << 20
 # in its tight single-character loop (``[^ ]``, ``[^.]``) and never backtracks (``++``), and they
 # do not exclude a line end, nor a space in a stream or consumer name, which nats-server never
 # sends there; on such a malformed head the fast path may hand out a message the general parser
-# would refuse (tests/unit/test_streamreader_parse.py records it). Numbers are digits. 40 % fewer
+# would refuse (tests/unit/test_streamreader_parse.py records it). Numbers are digits, but for
+# the delivery's time, which neither parser reads: ``[^.]`` scans its 19 digits in the tight
+# loop, where ``\d`` looks each up in a category (session 40). 40 % fewer
 # instructions a message than the strict ``[^ \r\n]+`` classes (``bench/RESULTS.md``,
 # session 37). Groups: ``<stream seq>.<consumer seq>``, pending, header size, size; the subject
 # first in the second form.
@@ -66,12 +71,12 @@ READ_SIZE = 1 << 20
 # ``int()`` takes, 4,300 digits and more) goes through the general parser, which checks each.
 # The pending count has at most 20 digits (a 64-bit number), so ``pending`` can always make it one.
 _HEAD = (
-    rb"HMSG [^ ]++ [^ ]++ \$JS\.ACK\.[^.]++\.[^.]++\.\d++\.(\d++\.\d++)\.\d++\.(\d{1,20}+) "
+    rb"HMSG [^ ]++ [^ ]++ \$JS\.ACK\.[^.]++\.[^.]++\.\d++\.(\d++\.\d++)\.[^.]++\.(\d{1,20}+) "
     rb"(\d{1,6}+) (\d{1,6}+)\r\n"
 )
 # The same, the subject taken too: for a reader that skips the bodies of some subjects.
 _HEAD_WITH_SUBJECT = (
-    rb"HMSG ([^ ]++) [^ ]++ \$JS\.ACK\.[^.]++\.[^.]++\.\d++\.(\d++\.\d++)\.\d++\.(\d{1,20}+) "
+    rb"HMSG ([^ ]++) [^ ]++ \$JS\.ACK\.[^.]++\.[^.]++\.\d++\.(\d++\.\d++)\.[^.]++\.(\d{1,20}+) "
     rb"(\d{1,6}+) (\d{1,6}+)\r\n"
 )
 _DELIVERY = re.compile(_HEAD)
@@ -81,6 +86,9 @@ _DELIVERY_WITH_SUBJECT = re.compile(_HEAD_WITH_SUBJECT)
 # CRLF is checked once, after the run).
 _NEXT_DELIVERY = re.compile(rb"\r\n" + _HEAD)
 _NEXT_DELIVERY_WITH_SUBJECT = re.compile(rb"\r\n" + _HEAD_WITH_SUBJECT)
+# Bytes of a read joined with a frame left over from the reads before, beyond what its size says
+# it lacks: enough for the head and body of most frames when its head was cut.
+_JOINED_AHEAD = 4096
 # Header and message sizes as numbers, looked up instead of ``int()`` (a C call with its own
 # parsing, several times a dictionary hit): headers are a few dozen bytes, most events a few
 # hundred. Larger sizes (and a zero) are converted as before.
@@ -151,7 +159,8 @@ class StreamReader:
         self._stream = stream
         self._subjects = subjects
         self._announced_by: SplitResult | None = None
-        self._reader: asyncio.StreamReader | None = None
+        # asyncio's until the connection is set up, then its reads as received (``open``).
+        self._reader: asyncio.StreamReader | ReceivedChunks | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._consumer: str | None = None
         # What is left of the reads after the last whole frame, in pieces: a frame's body that
@@ -176,6 +185,10 @@ class StreamReader:
         try:
             self._send(f"SUB {inbox} 1\r\n".encode())
             await self._ping()
+            # The handshake read lines; from now on whole reads, without asyncio's copies.
+            assert isinstance(self._reader, asyncio.StreamReader)
+            assert self._writer is not None
+            self._reader = await ReceivedChunks.take_over(self._reader, self._writer, READ_LIMIT)
         except (TimeoutError, OSError) as exc:
             await self.close()
             raise StreamReaderError(f"NATS did not answer: {exc!r}") from exc
@@ -207,7 +220,7 @@ class StreamReader:
 
     async def batches(self) -> AsyncIterator[list[tuple[int, bytes]]]:
         """Every message from the start sequence on, a socket read's worth at a time."""
-        assert self._reader is not None
+        assert isinstance(self._reader, ReceivedChunks)  # since ``open``
         while True:
             if self._error is not None:
                 # Raised only now: the messages read before it went out with the last batch.
@@ -221,7 +234,7 @@ class StreamReader:
                 # live link for dead, which only reconnects and reads on from the last sequence
                 # read (nothing lost nor repeated); not worth slices on every read.
                 async with asyncio.timeout(HEARTBEAT_SECONDS * 3):
-                    chunk = await self._reader.read(READ_SIZE)
+                    chunk = await self._reader.read()
                 if not chunk:
                     raise StreamReaderError("NATS closed the connection")
                 batch = self._parse(chunk)
@@ -398,7 +411,7 @@ class StreamReader:
                 self._send(b"PONG\r\n")
 
     async def _line(self) -> bytes:
-        assert self._reader is not None
+        assert isinstance(self._reader, asyncio.StreamReader)  # during the connect
         try:
             line = await self._reader.readline()
         except ValueError:  # its end not seen within the socket reader's limit (4 MiB)
@@ -431,17 +444,36 @@ class StreamReader:
 
     def _parse_into(self, out: list[tuple[int, bytes]], chunk: bytes) -> None:
         pieces = self._pieces
+        buf, pos = chunk, 0
         if pieces:
+            held = self._buffered
             pieces.append(chunk)
             self._buffered += len(chunk)
             if self._buffered < self._awaited:
                 return  # a frame's body still coming: joined once whole
-            buf = b"".join(pieces)
+            # The frame left over joined with the start of this read that ends it (a little
+            # more when its size was not known yet), not with the whole read: the rest of the
+            # read is parsed where it is, not copied once more.
+            before = pieces[:-1]
             pieces.clear()
-        else:
-            buf = chunk
-        awaited = 0  # set when a frame's body is not all here yet
-        pos = 0
+            ending = b"".join([*before, chunk[: self._awaited - held + _JOINED_AHEAD]])
+            end, _ = self._frames(out, ending, 0)
+            if end >= held:
+                pos = end - held
+            else:  # still not whole in what was joined: all of it, as it comes
+                buf = b"".join([*before, chunk])
+        end, awaited = self._frames(out, buf, pos)
+        if end < len(buf):
+            rest = buf[end:]
+            pieces.append(rest)
+            self._buffered = len(rest)
+            self._awaited = awaited or len(rest) + 1
+
+    def _frames(self, out: list[tuple[int, bytes]], buf: bytes, pos: int) -> tuple[int, int]:
+        """The whole frames of ``buf`` from ``pos`` on (data messages into ``out``): where the
+        first frame not all in ``buf`` starts, and how many bytes from there make it whole (0:
+        not known yet, its head is cut)."""
+        awaited = 0
         append = out.append
         # A run failed its check: the rest of this read goes frame by frame, deliberately. Were
         # the fast path tried again after each frame, a run out of order near its end would be
@@ -515,11 +547,7 @@ class StreamReader:
                 pos = end + 2
             else:
                 raise StreamReaderError(f"malformed frame from NATS: {head[:80]!r}")
-        if pos < len(buf):
-            rest = buf[pos:]
-            pieces.append(rest)
-            self._buffered = len(rest)
-            self._awaited = awaited or len(rest) + 1
+        return pos, awaited
 
     def _learn_later(self, head: bytes) -> None:
         """An INFO after the connect: the cluster's nodes, and a ``max_payload`` that may have
@@ -677,7 +705,7 @@ async def _open_connection(
     cancelled as it completes (its answer already in, not yet taken), the connection is closed
     here (counted in tests/test_streamreader_connect_gives_up.py and
     tests/test_streamreader_connect_cancelled.py, on both loops)."""
-    opening = asyncio.ensure_future(asyncio.open_connection(host, port, limit=READ_SIZE * 4))
+    opening = asyncio.ensure_future(asyncio.open_connection(host, port, limit=READ_LIMIT))
     try:
         return await within_loop_time(opening, timeout)
     except BaseException:

@@ -3,7 +3,7 @@ every PING, and once its client has subscribed, the test's bytes, as a broken or
 would put them on the wire. Not a mock of nats-server's behaviour: only enough of the protocol to
 get a stream reader to its first read, then whatever bytes the test chose. With ``then_filler``
 it keeps writing that many bytes more (a server that never ends a frame), until the client hangs
-up.
+up; with ``hang_up`` it hangs up itself once it has written them (its FIN right behind them).
 
 The reader's consumer is created through nats-py on a real server (``open`` needs JetStream);
 its messages go to an inbox the real server has no subscriber for, so they never interfere."""
@@ -20,9 +20,14 @@ from tests.tools.loopback_server import LoopbackServer
 
 class ScriptedNats(LoopbackServer):
     def __init__(
-        self, frames: bytes, info: dict[str, Any] | None = None, then_filler: int = 0
+        self,
+        frames: bytes,
+        info: dict[str, Any] | None = None,
+        then_filler: int = 0,
+        hang_up: bool = False,
     ) -> None:
         self.frames = frames
+        self.hang_up = hang_up
         self.info = {"server_id": "scripted", "version": "2.11.0", "proto": 1, "headers": True}
         self.info |= {"max_payload": 1 << 20} if info is None else info
         self.then_filler = then_filler
@@ -65,6 +70,7 @@ class ScriptedNats(LoopbackServer):
                     writer.write(filler)
                     await writer.drain()
                     self.filler_sent += len(filler)
-                await reader.read()  # until the client hangs up
+                if not self.hang_up:
+                    await reader.read()  # until the client hangs up
             finally:
                 writer.close()

@@ -10,13 +10,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from jobrunner.common.loglevels import LEVELS, STREAMS, Level, Stream
 from jobrunner.contracts import codec, events
 from jobrunner.services.projector import nulfree
 from jobrunner.services.projector.feed import NO_TIME, EventFeed
-from jobrunner.services.projector.projections import Change, Unreadable, project
+from jobrunner.services.projector.projections import Change, LinesAppended, Unreadable, project
 
 AT = datetime(2026, 1, 31, 12, 0, tzinfo=UTC)
 EVENTS: list[events.Event] = [
@@ -248,3 +250,32 @@ def test_a_nul_is_found_by_its_backslash_then_by_its_six_bytes() -> None:
     assert fed == [(seq, _as_before(seq, data)) for seq, data in messages]
     rows = [change.rows[0] for _, [change] in fed]  # type: ignore[attr-defined]
     assert [row[4] for row in rows] == [*texts[:2], "a NUL \u2400 here", texts[3]]
+
+
+@pytest.mark.parametrize(("stream", "level"), [("console", "INFO"), ("stdout", "TRACE")])
+def test_a_line_of_a_stream_or_level_the_runner_never_writes_is_stored_as_written(
+    stream: str, level: str
+) -> None:
+    """A foreign publisher's line with another stream or level than the runner's is stored
+    with them as written, as any other line (the contract takes any string there)."""
+    line = codec.encode(
+        events.LineLogged(job_id="j1", lines=[events.LogLine(1, stream, level, AT, "hi")])
+    )
+    ((_, changes),) = asyncio.run(_fed([(5, line)]))
+    assert changes == _as_before(5, line)
+    (appended,) = changes
+    assert isinstance(appended, LinesAppended)
+    assert appended.rows[0][1:3] == (stream, level)
+
+
+def test_the_nul_free_lines_take_exactly_the_runners_streams_and_levels() -> None:
+    """Every stream and level the runner and external jobs' reports write takes the NUL-free
+    path (none decoded twice), and the NUL-free lines take no other."""
+    _, stream_type, level_type, _, _ = typing.get_args(nulfree.LineFields)
+    assert stream_type == Stream
+    assert level_type == Level
+    for stream in STREAMS:
+        for level in LEVELS:
+            line = events.LogLine(1, stream, level, AT, "hi")
+            data = codec.encode(events.LineLogged(job_id="j1", lines=[line]))
+            assert type(nulfree.decode(data)) is nulfree.NulFreeLineLogged

@@ -18,10 +18,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jobrunner.common import streamreader
+from jobrunner.common.receivedchunks import ReceivedChunks
 from jobrunner.common.streamreader import (
     HEADERS_ALLOWANCE,
     MAX_LINE,
     PAYLOAD_BOUND,
+    READ_LIMIT,
     READ_SIZE,
     StreamReader,
     StreamReaderError,
@@ -198,8 +200,8 @@ class SocketWriter(FakeWriter):
 
 async def batches_then_error(reader: StreamReader, data: bytes) -> tuple[list[int], Exception]:
     """The sequences ``batches`` hands out for ``data``, and the error it raises after them."""
-    reader._reader = asyncio.StreamReader()
-    reader._reader.feed_data(data)
+    reader._reader = ReceivedChunks(READ_LIMIT)  # what ``open`` leaves, ``data`` received
+    reader._reader.data_received(data)
     reader._writer = SocketWriter()  # type: ignore[assignment]
     return await sequences_until_raised(reader, Exception)
 
@@ -622,3 +624,27 @@ def test_a_delivery_whose_pending_count_no_int_takes_is_refused() -> None:
     frame = b"HMSG s.job.j.lines 1 %s 12 14\r\nNATS/1.0\r\n\r\n{}\r\n" % reply
     with pytest.raises(StreamReaderError, match="not a JetStream delivery"):
         parser(None)._parse(frame)
+
+
+BIG = bytes(range(256)) * 40  # 10 KiB: more than a read's bytes joined ahead of a cut head
+
+
+@pytest.mark.parametrize("size", [10, len(BIG)])
+def test_a_frame_cut_anywhere_across_reads_is_read_whole_and_once(size: int) -> None:
+    """A delivery cut between two or three reads anywhere (in its head, its headers, its body,
+    its end), small or larger than what a read joins ahead of a cut head: every message comes
+    once, whole and in order, and nothing is left held."""
+    data = (
+        delivery(1, 1, 2, b"{}", "s.job.j.lines", "v1")
+        + delivery(2, 2, 1, BIG[:size], "s.job.j.lines", "v1")
+        + delivery(3, 3, 0, b"[]", "s.job.j.lines", "v1")
+    )
+    expected = [(1, b"{}"), (2, BIG[:size]), (3, b"[]")]
+    first = len(delivery(1, 1, 2, b"{}", "s.job.j.lines", "v1"))
+    for cut in range(first + 1, len(data) - 1, 7):
+        for second in (cut + 3, cut + 200):
+            reader = parser(None)
+            got = reader._parse(data[:cut]) + reader._parse(data[cut:second])
+            got += reader._parse(data[second:])
+            assert got == expected, (cut, second)
+            assert reader._pieces == []

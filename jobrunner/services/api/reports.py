@@ -9,10 +9,11 @@ the runner cleans a tool's output.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import msgspec
 
+from jobrunner.common.loglevels import Level, Stream
 from jobrunner.contracts.events import (
     MAX_RESULT_BYTES,
     Count,
@@ -46,13 +47,12 @@ WorkerErrorCode = Annotated[
     ),
 ]
 LineText = Annotated[str, msgspec.Meta(max_length=MAX_REPORT_LINE_CHARS)]
-Level = Literal["DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR"]
 
 
 class ReportedLine(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     text: LineText
     level: Level = "INFO"
-    stream: Literal["stdout", "stderr"] = "stdout"
+    stream: Stream = "stdout"
 
 
 class ReportedProgress(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

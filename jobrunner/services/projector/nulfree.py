@@ -15,8 +15,8 @@ is decoded again by the contract's decoder, so the outcome, its error text inclu
 contract's): ``NulFreeJobRequested``, ``NulFreeStatusChanged``, ``NulFreeProgressReported``,
 ``NulFreeCancelRequested`` and ``NulFreeWebhookAttempted`` are the contract's types under another
 name, ``NulFreeLineLogged`` decodes a line as a plain tuple rather than a ``LogLine``
-(a tuple of exactly five, where a ``LogLine`` also takes more), so its rows are built without a
-Python step per line.
+(a tuple of exactly five, where a ``LogLine`` also takes more, and of the runner's streams and
+levels only), so its rows are built without a Python step per line.
 """
 
 from __future__ import annotations
@@ -25,13 +25,18 @@ from datetime import datetime
 
 import msgspec
 
+from jobrunner.common.loglevels import Level, Stream
 from jobrunner.contracts import events
 
 # The six bytes of a NUL written in JSON: none of them, no NUL anywhere in the message.
 JSON_NUL = b"\\u0000"
 
 # A line as the contract's ``LogLine`` lays it out on the wire: seq, stream, level, timestamp, text.
-LineFields = tuple[int, str, str, datetime, str]
+# Its stream and level as the runner writes them, as literals: msgspec hands out its one string
+# of each value instead of a new one a line (made, then freed, twice a line of a replay's
+# millions). A line with any other value (a foreign publisher's) is refused here and decoded by
+# the contract's decoder, which takes any string.
+LineFields = tuple[int, Stream, Level, datetime, str]
 
 
 class NulFreeLineLogged(events.Event, frozen=True, kw_only=True, tag="LineLogged", gc=False):

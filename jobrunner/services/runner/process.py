@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from jobrunner.common import deathsignal
+from jobrunner.common.loglevels import STREAMS
 from jobrunner.services.runner import orphans
 from jobrunner.services.runner.guardian import GUARDIAN, Guardian
 from jobrunner.services.runner.output import LineSplitter
@@ -350,7 +351,7 @@ class ToolProcess:
         assert self.proc is not None
         reads = [
             asyncio.ensure_future(self._read(pipe, name, sink, room, max_line_bytes, pace))
-            for pipe, name in zip(self.proc.pipes, ("stdout", "stderr"), strict=True)
+            for pipe, name in zip(self.proc.pipes, STREAMS, strict=True)
         ]
         try:
             await asyncio.gather(*reads)

@@ -10,6 +10,7 @@ from litestar.datastructures import MultiDict
 from litestar.params import Parameter
 from litestar.response import Stream
 
+from jobrunner.common.loglevels import LEVELS, STREAMS
 from jobrunner.services.api import readmodels, schemas
 from jobrunner.services.api.context import ApiContext
 from jobrunner.services.api.dependencies import ctx_of, find_job
@@ -19,8 +20,6 @@ from jobrunner.services.api.reads import get, is_head
 from jobrunner.services.api.security import Principal, principal_of
 
 MAX_LOG_PAGE = 5000
-LEVELS = ("DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR")
-STREAMS = ("stdout", "stderr")
 LOG_PARAMETERS = ("after", "tail", "limit", "level", "stream", "search")
 _UNSAFE_FILENAME = re.compile(r"[^A-Za-z0-9_.-]+")
 
