@@ -2,8 +2,8 @@
 
 Pure code (no I/O), so every rule here has plain unit tests. The body is a msgspec Struct with
 its bounds in the types: anything outside them is a 422 naming the field, never a 500. What is
-within bounds but could not be stored as it is (control characters, NUL) is cleaned the same way
-the runner cleans a tool's output.
+within bounds but could not be stored as it is (escape sequences, NUL) is cleaned: a line exactly
+as the runner cleans a tool's (``common.linecleaning``), a result's strings to plain text.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from jobrunner.common.linecleaning import ESCAPE_RE, clean_line
 from jobrunner.contracts.events import (
     MAX_RESULT_BYTES,
     Count,
@@ -127,22 +128,26 @@ def decode_report(body: bytes) -> Report:
     return report
 
 
-# Control characters but tab; ESC goes too (a worker's colours are not worth an escape sequence
-# that the log viewer cannot show). NUL is shown as U+2400, as in a tool's output.
+# What a result's keys and strings lose: whole escape sequences (colour codes too: a result is
+# plain text), then every control character but tab. NUL is shown as U+2400, as in a line.
 _CONTROL = re.compile(r"[\x01-\x08\x0a-\x1f\x7f-\x9f]")
-_LINE_BREAK = re.compile(r"\r\n|\r|\n")
 
 
 def clean_text(text: str) -> str:
-    return _CONTROL.sub("", text.replace("\x00", "\u2400"))
+    """A result's key or string as stored: no escape sequence, no control character but tab."""
+    text = text.replace("\x00", "\u2400")
+    if not text.isprintable():
+        text = _CONTROL.sub("", ESCAPE_RE.sub("", text))
+    return text
 
 
 def split_lines(lines: list[ReportedLine]) -> list[ReportedLine]:
-    """A text with line breaks becomes one line per line, each cleaned."""
+    """A text with line breaks becomes one line per line, each cleaned as the runner cleans a
+    tool's line (``common.linecleaning``): the same text is stored the same way on both paths."""
     out: list[ReportedLine] = []
     for line in lines:
-        for part in _LINE_BREAK.split(line.text):
-            out.append(ReportedLine(text=clean_text(part), level=line.level, stream=line.stream))
+        for part in line.text.split("\n"):
+            out.append(ReportedLine(text=clean_line(part), level=line.level, stream=line.stream))
     return out
 
 
