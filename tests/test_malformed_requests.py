@@ -27,11 +27,12 @@ from tests.tools.raw_http import (
     read_until_closed,
     status_lines,
 )
-from tests.tools.runners import RUNNER_TYPES
+from tests.tools.runners import RUNNER_TYPES, status_events, wait_status
 from tests.tools.service_processes import ServiceProcess, wait_api_healthy
 
 # Short, for the tests of the head's deadline (the default is 20 s).
 HEAD_TIMEOUT = 2.0
+JSON = {"Content-Type": "application/json"}
 JOB = json.dumps({"job_type": "emit", "parameters": {"lines": 1}}).encode()
 
 
@@ -450,3 +451,70 @@ async def test_jobrunner_api_answers_a_malformed_request_with_json(
             assert (await client.get(f"http://127.0.0.1:{port}/health")).status_code == 200
     finally:
         api.stop()
+
+
+def cancel_head(job_id: str, *framing: bytes) -> bytes:
+    """The head of a cancel of the admin's (``<token>`` stands for its token), with a body's
+    framing headers: a cancel needs no body, but a client may send one."""
+    lines = [
+        f"POST /api/jobs/{job_id}/cancel HTTP/1.1".encode(),
+        b"Host: 127.0.0.1",
+        b"Authorization: Bearer <token>",
+        b"Content-Type: application/json",
+        *framing,
+    ]
+    return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+async def test_a_cancel_whose_body_proves_malformed_cancels_nothing(
+    projector_and_api: System,
+) -> None:
+    """A cancel (a route that takes no body) sent with a chunked body, its first chunk sound and
+    the next one no chunk at all: the answer is 400 MALFORMED_REQUEST saying nothing was done,
+    and nothing was: the job is not cancelled (the route waits for the body it was sent)."""
+    system = projector_and_api
+    async with system.client() as client:
+        created = await client.post("/api/jobs", content=JOB, headers=JSON)
+        assert created.status_code == 201, created.text
+        job_id = created.json()["id"]
+        reader, writer = await open_raw(system.base_url)
+        try:
+            head = cancel_head(job_id, b"Transfer-Encoding: chunked")
+            writer.write(with_token(head, system) + b"2\r\n{}\r\n")
+            await writer.drain()
+            # A route acting before its body arrived has cancelled the job well within this.
+            try:
+                await wait_status(client, job_id, "cancelled", timeout=2)
+                cancelled_before_the_body_ended = True
+            except AssertionError:
+                cancelled_before_the_body_ended = False
+            writer.write(b"zz\r\n")  # no chunk size
+            await writer.drain()
+            received = await asyncio.wait_for(read_until_closed(reader), 30)
+        finally:
+            writer.close()
+        after = (await client.get(f"/api/jobs/{job_id}")).json()
+    message = assert_json_error(parse_answer(received), 400, "MALFORMED_REQUEST")
+    assert "nothing was done" in message
+    assert status_lines(received) == 1
+    assert not cancelled_before_the_body_ended
+    assert after["status"] == "pending"
+    assert "cancelled" not in await status_events(system.settings, job_id)
+
+
+async def test_a_cancel_with_a_whole_body_is_done(projector_and_api: System) -> None:
+    """A cancel sent with a body (chunked, or with a length) that arrives whole cancels the job:
+    the body is read, then the route acts."""
+    system = projector_and_api
+    framings = {
+        "chunked": (b"Transfer-Encoding: chunked", b"2\r\n{}\r\n0\r\n\r\n"),
+        "with a length": (b"Content-Length: 2", b"{}"),
+    }
+    async with system.client() as client:
+        for kind, (framing, body) in framings.items():
+            created = await client.post("/api/jobs", content=JOB, headers=JSON)
+            job_id = created.json()["id"]
+            request = cancel_head(job_id, framing, b"Connection: close") + body
+            answer = await raw_exchange(system.base_url, with_token(request, system), pieces=2)
+            assert answer.status == 202, (kind, answer)
+            assert answer.json()["status"] == "cancelled", (kind, answer)
