@@ -518,3 +518,30 @@ async def test_a_cancel_with_a_whole_body_is_done(projector_and_api: System) -> 
             answer = await raw_exchange(system.base_url, with_token(request, system), pieces=2)
             assert answer.status == 202, (kind, answer)
             assert answer.json()["status"] == "cancelled", (kind, answer)
+
+
+async def test_a_request_refused_before_its_body_ended_is_answered_once(
+    projector_and_api: System,
+) -> None:
+    """A cancel refused at its head (its body is not JSON: 415) whose chunked body then proves
+    malformed: the 415 is its one answer (no second, 400, status line that the client would read
+    as the next request's), and the connection closes."""
+    system = projector_and_api
+    async with system.client() as client:
+        created = await client.post("/api/jobs", content=JOB, headers=JSON)
+        job_id = created.json()["id"]
+    head = cancel_head(job_id, b"Transfer-Encoding: chunked").replace(
+        b"application/json", b"text/plain"
+    )
+    reader, writer = await open_raw(system.base_url)
+    try:
+        writer.write(with_token(head, system) + b"2\r\n{}\r\n")
+        await writer.drain()
+        first = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
+        writer.write(b"zz\r\n")  # no chunk size
+        await writer.drain()
+        received = first + await asyncio.wait_for(read_until_closed(reader), 30)
+    finally:
+        writer.close()
+    assert status_lines(received) == 1, received
+    assert parse_answer(received).status == 415

@@ -23,7 +23,10 @@ so such a connection stayed open for ever).
 A refusal answers the request it belongs to, never one before it: when a client sends a bad
 request behind one whose route is running (pipelined, or simply sent before the answer came),
 that route's answer is sent whole, the connection then closed, and the bad request is left
-unanswered, which tells the client to send it again (RFC 9112 section 9.3.2).
+unanswered, which tells the client to send it again (RFC 9112 section 9.3.2). A request answered
+already (refused at its head) whose body then proves malformed gets no second answer either: the
+connection closes. And "nothing was done" is true of a request whose body is malformed: no route
+acts before the body it was sent has arrived whole (``wholebody``).
 
 ``data_received`` feeds the parser itself (uvicorn's own would answer in plain text). What this
 relies on of uvicorn (tests/unit/test_httpprotocol.py fails loudly when any of it is gone): the
@@ -319,7 +322,12 @@ class ApiHttpProtocol(HttpToolsProtocol):
         answer under way for an earlier request is cut or followed by a status line of its."""
         self._reading = False
         cycle = self.cycle
-        if cycle is None or cycle.response_complete:
+        if cycle is not None and cycle.response_complete and cycle.more_body:
+            # The request whose body is bad was answered before its body ended (refused at its
+            # head: 401, 415, ...): a second answer would be read as the next request's. The
+            # connection only closes.
+            self.transport.close()
+        elif cycle is None or cycle.response_complete:
             # Every request before it answered: the error is in a new request's head.
             self._answer_now(error)
         elif not cycle.more_body:
