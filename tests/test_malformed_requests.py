@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from jobrunner.common.settings import Settings
 from jobrunner.embedded.serverprocess import free_port
+from jobrunner.services.api.app import MAX_BODY_BYTES
 from jobrunner.services.api.httpprotocol import MAX_REQUEST_HEAD_BYTES
 from tests.system import System
 from tests.tools.drawn_examples import examples
@@ -548,3 +549,22 @@ async def test_a_request_refused_before_its_body_ended_is_answered_once(
     # Nothing after the 415's body (a second answer would follow it at once, no CRLF between).
     assert len(answer.body) == int(answer.headers["content-length"]), received
     assert b"MALFORMED_REQUEST" not in received
+
+
+async def test_a_cancel_sent_an_oversized_body_is_413_and_cancels_nothing(
+    projector_and_api: System,
+) -> None:
+    """A cancel sent a body over the API's 1 MiB: 413 BODY_TOO_LARGE naming the limit, as any
+    route's, and the job is not cancelled (the body is read, and refused, before the route acts)."""
+    system = projector_and_api
+    body = b" " * (MAX_BODY_BYTES + 1)
+    async with system.client() as client:
+        created = await client.post("/api/jobs", content=JOB, headers=JSON)
+        job_id = created.json()["id"]
+        answer = await client.post(f"/api/jobs/{job_id}/cancel", content=body, headers=JSON)
+        after = (await client.get(f"/api/jobs/{job_id}")).json()
+    assert answer.status_code == 413, answer.text
+    assert answer.json()["error"]["code"] == "BODY_TOO_LARGE"
+    assert answer.json()["error"]["limit"] == MAX_BODY_BYTES
+    assert after["status"] == "pending"
+    assert "cancelled" not in await status_events(system.settings, job_id)
