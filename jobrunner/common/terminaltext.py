@@ -36,6 +36,8 @@ _SHOWN.update({code: f"\\u{code:04x}" for code in _BIDI_OVERRIDES})
 # For Postgres: NUL is left out, as its text cannot hold one (the runner stores it as ␀).
 _SINGLE = {chr(code): shown for code, shown in _SHOWN.items() if len(shown) == 1 and code}
 _SEVERAL = {chr(code): shown for code, shown in _SHOWN.items() if len(shown) > 1}
+# Any character of _SHOWN but NUL (ESC among them: a colour code), as a regex class.
+_ANY_SHOWN = "[\x01-\x08\x0a-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]"
 
 
 def visible(text: str) -> str:
@@ -47,10 +49,12 @@ def visible(text: str) -> str:
 
 
 def visible_sql(text: str) -> str:
-    """``visible`` as a Postgres expression on the SQL expression ``text``: ``translate`` for the
-    characters shown as one symbol, and only where a C1 control or a bidi override is found
-    (rare: a line stored before session 39, or by another program), a ``replace`` for each of
-    those, shown as several characters."""
+    """``visible`` as a Postgres expression on the SQL expression ``text``: a text with nothing
+    to show (most) is left as it is after one regex scan (``translate`` looks each character up
+    in its list: six times slower over a million-line download, ``bench/RESULTS.md``); else
+    ``translate`` for the characters shown as one symbol, and only where a C1 control or a bidi
+    override is found (rare: a line stored before session 39, or by another program), a
+    ``replace`` for each of those, shown as several characters."""
     plain = (
         f"CASE WHEN strpos({text}, E'\\x1b') > 0 "
         f"THEN regexp_replace({text}, {_sql_literal(_COLOUR_CODE.pattern)}, '', 'g') "
@@ -64,7 +68,8 @@ def visible_sql(text: str) -> str:
     for char, symbol in _SEVERAL.items():
         each = f"replace({each}, {_sql_literal(char)}, {_sql_literal(symbol)})"
     several = _sql_literal("[" + "".join(_SEVERAL) + "]")
-    return f"CASE WHEN {text} ~ {several} THEN {each} ELSE {shown} END"
+    changed = f"CASE WHEN {text} ~ {several} THEN {each} ELSE {shown} END"
+    return f"CASE WHEN {text} ~ {_sql_literal(_ANY_SHOWN)} THEN {changed} ELSE {text} END"
 
 
 def _sql_literal(text: str) -> str:

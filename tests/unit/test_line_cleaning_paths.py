@@ -43,7 +43,11 @@ def reported_by_a_worker(text: str) -> list[str]:
 @example("10%\r50%\r100%\r\n")  # a progress bar, a CRLF line end
 @given(TEXT)
 def test_a_reported_line_is_stored_as_the_same_printed_line(text: str) -> None:
-    """Whatever the text, a worker reporting it stores the lines a tool printing it would."""
+    """Whatever the text, a worker reporting it stores the lines a tool printing it would. Only
+    the cleaning: a runner also splits a line over its ``max_line_bytes`` into marked pieces, a
+    report's line is not split (its text, at most 16,384 characters, is at most 64 KiB of UTF-8,
+    the default ``max_line_bytes``; the API has no setting of its own), so the runner here has
+    that default and the texts are far shorter."""
     assert reported_by_a_worker(text) == printed_by_a_tool(text)
 
 

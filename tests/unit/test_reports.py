@@ -121,13 +121,22 @@ def test_lines_with_breaks_become_several_cleaned_as_a_tools() -> None:
 
 
 def test_result_is_cleaned_and_bounded() -> None:
-    """Result keys and strings lose control characters and whole escape sequences (colour
-    codes too: a result is plain text); a result over 64 KiB is a 422."""
+    """Result keys and strings lose their control characters, one at a time; a result over
+    64 KiB is a 422."""
     assert clean_result({"a\x00": ["x\x01y", {"n": 1}]}) == {"a\u2400": ["xy", {"n": 1}]}
-    assert clean_result({"k\x1b[1m": "\x1b[31mred\x1b[0m \x9b2Jdone"}) == {"k": "red done"}
+    assert clean_result({"k\x1b[1m": "\x1b[31mred"}) == {"k[1m": "[31mred"}
     with pytest.raises(ApiError) as raised:
         clean_result({"big": "x" * 70_000})
     assert raised.value.code == "RESULT_TOO_LARGE"
+
+
+def test_a_result_string_keeps_its_text_after_a_control_character() -> None:
+    """UTF-8 read as Windows-1252 holds U+009D (an OSC introducer to a terminal): the control
+    goes, the text after it stays (a result's string is data, never cut)."""
+    said = "He said \u00e2\u20ac\u0153hello\u00e2\u20ac\x9d and left, total 42 EUR"
+    assert clean_result({"note": said}) == {
+        "note": "He said \u00e2\u20ac\u0153hello\u00e2\u20ac and left, total 42 EUR"
+    }
 
 
 def test_percent_comes_from_counts_when_not_given() -> None:

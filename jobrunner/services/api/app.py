@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
-from litestar import Litestar, Request, Response
+from litestar import Litestar
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin, YamlRenderPlugin
 
@@ -35,7 +34,6 @@ from jobrunner.services.api.routes.pages import UI_ROUTES, template_config
 from jobrunner.services.api.routes.streams import job_event_stream
 from jobrunner.services.api.routes.updates import job_updates
 from jobrunner.services.api.routes.webhooks import job_webhooks
-from jobrunner.services.api.wholebody import read_whole_body
 
 MAX_BODY_BYTES = 1024 * 1024
 
@@ -45,15 +43,6 @@ async def started(app: Litestar) -> AsyncIterator[None]:
     """The last of the start: ``jobrunner_service_started`` 1 once everything before it is up."""
     SERVICE_STARTED.set(1)
     yield
-
-
-async def before_route(request: Request[Any, Any, Any]) -> Response[Any] | None:
-    """Every route's ``before_request``: read models of another version are never served (README
-    "Upgrading"), and a route acts only on a request whose body arrived whole (``wholebody``)."""
-    refusal = await refuse_unready(request)
-    if refusal is None:
-        await read_whole_body(request)
-    return refusal
 
 
 def create_app(settings: Settings) -> Litestar:
@@ -85,7 +74,8 @@ def create_app(settings: Settings) -> Litestar:
         lifespan=[lifespan(settings), security.access_lifespan(settings), started],
         middleware=[RequestMetrics, *security.MIDDLEWARE],
         before_send=[security.add_security_headers],
-        before_request=before_route,
+        # Read models of another version are never served (README "Upgrading").
+        before_request=refuse_unready,
         exception_handlers=with_not_found_pages(EXCEPTION_HANDLERS),
         # Litestar's default would put a plain-text handler on the root logger, beside the
         # services' JSON (configure_logging routes every library's records itself).
