@@ -22,6 +22,7 @@ from jobrunner.contracts import events
 from jobrunner.contracts.events import ErrorCode, ErrorInfo, JobStatus
 from jobrunner.contracts.names import Names
 from jobrunner.services.projector.replay import replay
+from jobrunner.services.runner.output import LineSplitter
 from tests.external_support import (
     EXTERNAL_TYPES,
     ExternalJob,
@@ -577,3 +578,34 @@ async def test_an_ending_stored_before_the_first_reports_running_is_not_followed
     assert final.status_code == 409, final.text
     assert done["error"]["code"] == "RUNNER_LOST"
     assert await statuses(js, names, job.id) == ["failed"]
+
+
+async def test_a_workers_lines_are_stored_as_a_tools_same_output(system: System) -> None:
+    """A worker reporting what a tool printed (each kind of escape sequence, 8-bit C1 controls,
+    BEL and BS, colour codes, a string never ended, a progress bar) stores, streams and
+    downloads the lines a runner stores of that tool: colour codes whole, never ``[31m`` text."""
+    tool = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(REPO / "tests" / "tools" / "hostile.py"),
+        "--mode",
+        "escape_kinds",
+        stdout=asyncio.subprocess.PIPE,
+    )
+    out, _ = await asyncio.wait_for(tool.communicate(), 30)
+    printed = out + b"\n\x1b[2K[1/2]\r\x1b[2K\x1b[31m[2/2]\x1b[0m"
+    splitter = LineSplitter(system.settings.max_line_bytes)
+    as_the_runner_stores = splitter.feed(printed) + splitter.close()
+    async with system.client() as client, worker_client(system.base_url) as worker:
+        job = await start_external(client, file="a.pdf")
+        report = await job.report_when_held(worker, lines=[{"text": printed.decode()}])
+        assert report.status_code == 200, report.text
+        await job.report(worker, result={"summary": "done"})
+        await wait_status(client, job.id, "completed")
+        stored = [ln["text"] for ln in await lines_of(client, job.id)]
+        stream = await read_stream(client, f"/jobs/stream/{job.id}")
+        download = (await client.get(f"/api/jobs/{job.id}/logs/download")).text
+    assert stored == as_the_runner_stores
+    assert stored[-2:] == ["last", "\x1b[31m[2/2]\x1b[0m"]
+    assert [e.json["text"] for e in stream.events if e.event == "message"] == stored
+    assert "bell␇ back␈space" in download
+    assert not any(c in download for c in "\x1b\x07\x08\u0085\u009b\u009c\u009d")

@@ -27,11 +27,12 @@ from tests.tools.raw_http import (
     read_until_closed,
     status_lines,
 )
-from tests.tools.runners import RUNNER_TYPES
+from tests.tools.runners import RUNNER_TYPES, status_events, wait_status
 from tests.tools.service_processes import ServiceProcess, wait_api_healthy
 
 # Short, for the tests of the head's deadline (the default is 20 s).
 HEAD_TIMEOUT = 2.0
+JSON = {"Content-Type": "application/json"}
 JOB = json.dumps({"job_type": "emit", "parameters": {"lines": 1}}).encode()
 
 
@@ -450,3 +451,125 @@ async def test_jobrunner_api_answers_a_malformed_request_with_json(
             assert (await client.get(f"http://127.0.0.1:{port}/health")).status_code == 200
     finally:
         api.stop()
+
+
+def cancel_head(job_id: str, *framing: bytes) -> bytes:
+    """The head of a cancel of the admin's (``<token>`` stands for its token), with a body's
+    framing headers: a cancel needs no body, but a client may send one."""
+    lines = [
+        f"POST /api/jobs/{job_id}/cancel HTTP/1.1".encode(),
+        b"Host: 127.0.0.1",
+        b"Authorization: Bearer <token>",
+        b"Content-Type: application/json",
+        *framing,
+    ]
+    return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+async def test_a_cancel_whose_body_proves_malformed_may_have_been_done(
+    projector_and_api: System,
+) -> None:
+    """A cancel (a route that takes no body) sent with a chunked body whose second chunk is no
+    chunk at all, in one write: the route was started at the head, so the 400
+    MALFORMED_REQUEST says the request may have been acted on (``acted_on: "unknown"``) and to
+    check before retrying; and it was: the job is cancelled."""
+    system = projector_and_api
+    async with system.client() as client:
+        created = await client.post("/api/jobs", content=JOB, headers=JSON)
+        assert created.status_code == 201, created.text
+        job_id = created.json()["id"]
+        head = cancel_head(job_id, b"Transfer-Encoding: chunked")
+        request = with_token(head, system) + b"2\r\n{}\r\nzz\r\n"  # no chunk size
+        received = await raw_exchange(system.base_url, request)
+        after = await wait_status(client, job_id, "cancelled")
+    message = assert_json_error(received, 400, "MALFORMED_REQUEST")
+    assert "may have been acted on" in message
+    assert "nothing was done" not in message
+    assert received.json()["error"]["acted_on"] == "unknown"
+    assert after["status"] == "cancelled"
+    assert "cancelled" in await status_events(system.settings, job_id)
+
+
+async def test_a_cancel_malformed_in_its_head_is_not_done(projector_and_api: System) -> None:
+    """A cancel whose head is malformed (a control byte in a header) is refused before any route
+    sees it: 400 MALFORMED_REQUEST saying nothing was done (``acted_on: "no"``), and the job is
+    not cancelled."""
+    system = projector_and_api
+    async with system.client() as client:
+        created = await client.post("/api/jobs", content=JOB, headers=JSON)
+        job_id = created.json()["id"]
+        head = cancel_head(job_id, b"X-Note: a\x01b", b"Content-Length: 2")
+        received = await raw_exchange(system.base_url, with_token(head, system) + b"{}")
+        after = (await client.get(f"/api/jobs/{job_id}")).json()
+    message = assert_json_error(received, 400, "MALFORMED_REQUEST")
+    assert "nothing was done" in message
+    assert received.json()["error"]["acted_on"] == "no"
+    assert after["status"] == "pending"
+    assert "cancelled" not in await status_events(system.settings, job_id)
+
+
+async def test_a_cancel_with_a_whole_body_is_done(projector_and_api: System) -> None:
+    """A cancel sent with a body it does not take (chunked, or with a length) cancels the job:
+    202, as without one."""
+    system = projector_and_api
+    framings = {
+        "chunked": (b"Transfer-Encoding: chunked", b"2\r\n{}\r\n0\r\n\r\n"),
+        "with a length": (b"Content-Length: 2", b"{}"),
+    }
+    async with system.client() as client:
+        for kind, (framing, body) in framings.items():
+            created = await client.post("/api/jobs", content=JOB, headers=JSON)
+            job_id = created.json()["id"]
+            request = cancel_head(job_id, framing, b"Connection: close") + body
+            answer = await raw_exchange(system.base_url, with_token(request, system), pieces=2)
+            assert answer.status == 202, (kind, answer)
+            assert answer.json()["status"] == "cancelled", (kind, answer)
+
+
+async def test_a_cancel_declaring_a_body_it_never_sends_is_answered(
+    projector_and_api: System,
+) -> None:
+    """A cancel whose head declares 1,000,000 bytes of body and no byte of it follows: the
+    route takes no body, so it is done and answered 202 at once (no wait for the body)."""
+    system = projector_and_api
+    async with system.client() as client:
+        created = await client.post("/api/jobs", content=JOB, headers=JSON)
+        job_id = created.json()["id"]
+    reader, writer = await open_raw(system.base_url)
+    try:
+        writer.write(with_token(cancel_head(job_id, b"Content-Length: 1000000"), system))
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
+    finally:
+        writer.close()
+    assert head.startswith(b"HTTP/1.1 202 "), head
+
+
+async def test_a_request_refused_before_its_body_ended_is_answered_once(
+    projector_and_api: System,
+) -> None:
+    """A cancel refused at its head (its body is not JSON: 415) whose chunked body then proves
+    malformed: the 415 is its one answer (no second, 400, status line that the client would read
+    as the next request's), and the connection closes."""
+    system = projector_and_api
+    async with system.client() as client:
+        created = await client.post("/api/jobs", content=JOB, headers=JSON)
+        job_id = created.json()["id"]
+    head = cancel_head(job_id, b"Transfer-Encoding: chunked").replace(
+        b"application/json", b"text/plain"
+    )
+    reader, writer = await open_raw(system.base_url)
+    try:
+        writer.write(with_token(head, system) + b"2\r\n{}\r\n")
+        await writer.drain()
+        first = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
+        writer.write(b"zz\r\n")  # no chunk size
+        await writer.drain()
+        received = first + await asyncio.wait_for(read_until_closed(reader), 30)
+    finally:
+        writer.close()
+    answer = parse_answer(received)
+    assert answer.status == 415
+    # Nothing after the 415's body (a second answer would follow it at once, no CRLF between).
+    assert len(answer.body) == int(answer.headers["content-length"]), received
+    assert b"MALFORMED_REQUEST" not in received

@@ -101,7 +101,8 @@ async def test_every_escape_sequence_but_colours_is_removed(system: System) -> N
     """A tool printing each kind of sequence a terminal would obey (Fs, Fp, nF, Fe, CSI, OSC, DCS,
     SOS/PM/APC with payloads, 8-bit C1, a string never ended, a lone ESC at the end): the stored
     lines, the streamed ones and the download hold none of it; colours, tabs and the other C0
-    controls (BEL, BS) stay."""
+    controls (BEL, BS) stay in the stored and streamed lines, and the download, opened in a
+    terminal, shows BEL and BS as symbols (it rings and overwrites nothing) and no colour code."""
     async with system.client() as client:
         job_id = await start_job(client, "hostile", mode="escape_kinds")
         await wait_status(client, job_id, "completed")
@@ -116,8 +117,9 @@ async def test_every_escape_sequence_but_colours_is_removed(system: System) -> N
     ]
     assert stored == expected
     assert [e.json["text"] for e in stream.events if e.event == "message"] == expected
-    assert not any(c in download for c in "\x1b\u0085\u009b\u009c\u009d")
-    assert download.splitlines()[-1].endswith(" last")
+    assert not any(c in download for c in "\x1b\x07\x08\u0085\u009b\u009c\u009d")
+    shown = [line.split(maxsplit=2)[2] for line in download.split("\n")[:-1]]
+    assert shown[9:] == ["bell␇ back␈space", "green\ttab", "cut short", "last"]
 
 
 async def test_carriage_return_progress_bar_keeps_last_state_and_reports_progress(

@@ -15,6 +15,7 @@ from jobrunner.services.api.security.sessions import COOKIE_NAME
 from tests.browser import browser  # noqa: F401  (the fixture)
 from tests.system import System
 from tests.tools.job_type_files import TEST_TYPES
+from tests.tools.raw_http import raw_exchange
 
 
 @pytest.fixture
@@ -211,6 +212,34 @@ async def test_signing_out_ends_the_session(context: BrowserContext, system: Sys
     assert not [c for c in await context.cookies() if c["name"] == COOKIE_NAME]
     await page.goto("/jobs")
     assert "/login" in page.url
+
+
+async def test_signing_out_with_a_multipart_form_answers_303(system: System) -> None:
+    """Sign-out posted as a multipart form carrying the CSRF token (as a browser may send a
+    form), over a raw socket: 303 to the sign-in page and the cookie deleted, at once (it once
+    hung: the form, read for its token, was read again)."""
+    cookie = await system.session_cookie()
+    async with system.client(token=None, cookies={COOKIE_NAME: cookie}) as client:
+        csrf = (await client.get("/api/me")).json()["csrf_token"]
+    body = (
+        b"--b0undary\r\n"
+        b'Content-Disposition: form-data; name="csrf_token"\r\n\r\n'
+        + csrf.encode()
+        + b"\r\n--b0undary--\r\n"
+    )
+    head = [
+        b"POST /logout HTTP/1.1",
+        b"Host: 127.0.0.1",
+        b"Connection: close",
+        b"Cookie: " + COOKIE_NAME.encode() + b"=" + cookie.encode(),
+        b"Content-Type: multipart/form-data; boundary=b0undary",
+        b"Content-Length: %d" % len(body),
+    ]
+    request = b"\r\n".join(head) + b"\r\n\r\n" + body
+    answer = await raw_exchange(system.base_url, request, timeout=10)
+    assert answer.status == 303, answer
+    assert answer.headers["location"] == "/login"
+    assert COOKIE_NAME in answer.headers["set-cookie"]
 
 
 async def test_revoking_the_token_ends_its_sessions(system: System) -> None:

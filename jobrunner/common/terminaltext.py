@@ -15,7 +15,9 @@ to a terminal, but they reorder what follows them, so a line could read otherwis
 ("Trojan Source"); other format characters are left as they are.
 
 Plain ``str`` in, ``str`` out, no terminal library: ``jobrunner events`` (``common.eventlog``)
-and the terminal client (``terminal/``) both print through it.
+and the terminal client (``terminal/``) both print through it. A downloaded log
+(``GET /api/jobs/{id}/logs/download``) is text for a terminal or an editor too, and is written by
+Postgres a chunk at a time: ``visible_sql`` is the same rule as a Postgres expression.
 """
 
 from __future__ import annotations
@@ -31,9 +33,53 @@ _BIDI_OVERRIDES = [*range(0x202A, 0x202F), *range(0x2066, 0x206A)]
 _SHOWN.update({code: f"\\u{code:04x}" for code in _BIDI_OVERRIDES})
 
 
+# For Postgres: NUL is left out, as its text cannot hold one (the runner stores it as ␀).
+_SINGLE = {chr(code): shown for code, shown in _SHOWN.items() if len(shown) == 1 and code}
+_SEVERAL = {chr(code): shown for code, shown in _SHOWN.items() if len(shown) > 1}
+# Any character of _SHOWN but NUL (ESC among them: a colour code), as a regex class.
+_ANY_SHOWN = "[\x01-\x08\x0a-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]"
+
+
 def visible(text: str) -> str:
     """``text`` without colour codes, its control characters and bidi overrides turned into
     visible symbols."""
     if "\x1b" in text:
         text = _COLOUR_CODE.sub("", text)
     return text.translate(_SHOWN)
+
+
+def visible_sql(text: str) -> str:
+    """``visible`` as a Postgres expression on the SQL expression ``text``: a text with nothing
+    to show (most) is left as it is after one regex scan (``translate`` looks each character up
+    in its list: six times slower over a million-line download, ``bench/RESULTS.md``); else
+    ``translate`` for the characters shown as one symbol, and only where a C1 control or a bidi
+    override is found (rare: a line stored before session 39, or by another program), a
+    ``replace`` for each of those, shown as several characters."""
+    plain = (
+        f"CASE WHEN strpos({text}, E'\\x1b') > 0 "
+        f"THEN regexp_replace({text}, {_sql_literal(_COLOUR_CODE.pattern)}, '', 'g') "
+        f"ELSE {text} END"
+    )
+    shown = (
+        f"translate({plain}, {_sql_literal(''.join(_SINGLE))}, "
+        f"{_sql_literal(''.join(_SINGLE.values()))})"
+    )
+    each = shown
+    for char, symbol in _SEVERAL.items():
+        each = f"replace({each}, {_sql_literal(char)}, {_sql_literal(symbol)})"
+    several = _sql_literal("[" + "".join(_SEVERAL) + "]")
+    changed = f"CASE WHEN {text} ~ {several} THEN {each} ELSE {shown} END"
+    return f"CASE WHEN {text} ~ {_sql_literal(_ANY_SHOWN)} THEN {changed} ELSE {text} END"
+
+
+def _sql_literal(text: str) -> str:
+    """``text`` as a Postgres escape string literal of printable ASCII (others as \\uXXXX)."""
+    out = []
+    for char in text:
+        if char in "\\'":
+            out.append("\\" + char)
+        elif " " <= char <= "~":
+            out.append(char)
+        else:
+            out.append(f"\\u{ord(char):04x}")
+    return "E'" + "".join(out) + "'"

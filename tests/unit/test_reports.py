@@ -110,18 +110,33 @@ def test_oversized_report_is_413() -> None:
     assert (error.status, error.code) == (413, "REPORT_TOO_LARGE")
 
 
-def test_lines_with_breaks_become_several_and_lose_control_characters() -> None:
-    """A text with line breaks is several lines; NUL is shown as U+2400, other controls go."""
-    lines = split_lines([ReportedLine(text="a\r\nb\x00\x1b[31mc\x07", level="ERROR")])
-    assert [(ln.text, ln.level) for ln in lines] == [("a", "ERROR"), ("b\u2400[31mc", "ERROR")]
+def test_lines_with_breaks_become_several_cleaned_as_a_tools() -> None:
+    """A text with line breaks is several lines, each cleaned as a tool's line: NUL shown as
+    U+2400, a colour code kept whole, an erase removed whole, BEL kept, a CRLF's CR gone."""
+    lines = split_lines([ReportedLine(text="a\r\nb\x00\x1b[31mc\x1b[2K\x07", level="ERROR")])
+    assert [(ln.text, ln.level) for ln in lines] == [
+        ("a", "ERROR"),
+        ("b\u2400\x1b[31mc\x07", "ERROR"),
+    ]
 
 
 def test_result_is_cleaned_and_bounded() -> None:
-    """Result keys and strings lose control characters; a result over 64 KiB is a 422."""
+    """Result keys and strings lose their control characters, one at a time; a result over
+    64 KiB is a 422."""
     assert clean_result({"a\x00": ["x\x01y", {"n": 1}]}) == {"a\u2400": ["xy", {"n": 1}]}
+    assert clean_result({"k\x1b[1m": "\x1b[31mred"}) == {"k[1m": "[31mred"}
     with pytest.raises(ApiError) as raised:
         clean_result({"big": "x" * 70_000})
     assert raised.value.code == "RESULT_TOO_LARGE"
+
+
+def test_a_result_string_keeps_its_text_after_a_control_character() -> None:
+    """UTF-8 read as Windows-1252 holds U+009D (an OSC introducer to a terminal): the control
+    goes, the text after it stays (a result's string is data, never cut)."""
+    said = "He said \u00e2\u20ac\u0153hello\u00e2\u20ac\x9d and left, total 42 EUR"
+    assert clean_result({"note": said}) == {
+        "note": "He said \u00e2\u20ac\u0153hello\u00e2\u20ac and left, total 42 EUR"
+    }
 
 
 def test_percent_comes_from_counts_when_not_given() -> None:

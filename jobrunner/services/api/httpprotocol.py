@@ -23,7 +23,13 @@ so such a connection stayed open for ever).
 A refusal answers the request it belongs to, never one before it: when a client sends a bad
 request behind one whose route is running (pipelined, or simply sent before the answer came),
 that route's answer is sent whole, the connection then closed, and the bad request is left
-unanswered, which tells the client to send it again (RFC 9112 section 9.3.2).
+unanswered, which tells the client to send it again (RFC 9112 section 9.3.2). A request answered
+already (refused at its head) whose body then proves malformed gets no second answer either: the
+connection closes. uvicorn starts a request's route once its head is read, while its body may
+still be on its way; a route that takes no body (a cancel) acts at once. So a body that proves
+malformed after its request was handed to the route is answered with a sentence saying the
+request may have been acted on (``acted_on: "unknown"``), not that nothing was done
+(``acted_on: "no"``, said of a request refused before any route saw it).
 
 ``data_received`` feeds the parser itself (uvicorn's own would answer in plain text). What this
 relies on of uvicorn (tests/unit/test_httpprotocol.py fails loudly when any of it is gone): the
@@ -90,13 +96,25 @@ def parser_reason(error: BaseException | None) -> str:
     return printable[0].lower() + printable[1:]
 
 
-def malformed_request(error: BaseException | None) -> ApiError:
-    """400: the parser refused the request (``error``, its exception, when known)."""
+def malformed_request(error: BaseException | None, handed_on: bool = False) -> ApiError:
+    """400: the parser refused the request (``error``, its exception, when known).
+    ``handed_on``: its body proved malformed after its route was started, which may have acted."""
+    if handed_on:
+        return ApiError(
+            400,
+            "MALFORMED_REQUEST",
+            f"The request's body is not valid HTTP/1.1 ({parser_reason(error)}); it proved "
+            "malformed after the request had been passed on, so it may have been acted on. "
+            "Check the state of what it addressed before sending it again, corrected, on a new "
+            "connection.",
+            acted_on="unknown",
+        )
     return ApiError(
         400,
         "MALFORMED_REQUEST",
         f"The request is not valid HTTP/1.1 ({parser_reason(error)}); nothing was done. "
         "Correct the request and send it on a new connection.",
+        acted_on="no",
     )
 
 
@@ -232,7 +250,7 @@ class ApiHttpProtocol(HttpToolsProtocol):
                 reason=parser_reason(error),
                 **({"since_last": left_out} if left_out else {}),
             )
-        self._refuse(malformed_request(error))
+        self._refuse(malformed_request(error), malformed_request(error, handed_on=True))
 
     def _refuse_head_too_large(self) -> None:
         left_out = HEAD_TOO_LARGE_LOG.admit()
@@ -314,12 +332,19 @@ class ApiHttpProtocol(HttpToolsProtocol):
             # it is no request of its (llhttp ignores it too, uvicorn asking it to).
             self._reading = False
 
-    def _refuse(self, error: ApiError) -> None:
+    def _refuse(self, error: ApiError, while_route_runs: ApiError | None = None) -> None:
         """Stop reading and refuse the request ``error`` belongs to: the one being read. No
-        answer under way for an earlier request is cut or followed by a status line of its."""
+        answer under way for an earlier request is cut or followed by a status line of its.
+        ``while_route_runs``: the answer instead when that request's route is running (its
+        body is being read), if it differs."""
         self._reading = False
         cycle = self.cycle
-        if cycle is None or cycle.response_complete:
+        if cycle is not None and cycle.response_complete and cycle.more_body:
+            # The request whose body is bad was answered before its body ended (refused at its
+            # head: 401, 415, ...): a second answer would be read as the next request's. The
+            # connection only closes.
+            self.transport.close()
+        elif cycle is None or cycle.response_complete:
             # Every request before it answered: the error is in a new request's head.
             self._answer_now(error)
         elif not cycle.more_body:
@@ -340,7 +365,7 @@ class ApiHttpProtocol(HttpToolsProtocol):
             if cycle.response_started:
                 self.transport.close()
             else:
-                self._answer_now(error)
+                self._answer_now(while_route_runs or error)
 
     def _answer_now(self, error: ApiError) -> None:
         status, headers, body = error_answer(error)

@@ -11,6 +11,7 @@ import asyncpg
 
 from jobrunner.common.database import READ_SCHEMA
 from jobrunner.common.loglevels import shows_level_sql
+from jobrunner.common.terminaltext import visible_sql
 from jobrunner.services.api import schemas
 from jobrunner.services.api.newest_first import (
     NewestFirstCursor,
@@ -236,19 +237,17 @@ async def log_lines_tail(
     return rows[::-1]
 
 
-# The download is plain text: colour codes (kept in the log for the web UI) are left out.
-_PLAIN_TEXT = (
-    "CASE WHEN strpos(text, E'\\x1b') > 0 "
-    "THEN regexp_replace(text, E'\\x1b\\[[0-9;]*m', '', 'g') ELSE text END"
-)
 # One line of a downloaded log: ISO 8601 UTC time, level, text. The level column is left out
 # where the stored text starts with exactly that level (``INFO    Starte ...``), which would show
-# it twice; the second field of every line is then still its level. Formatted by Postgres, a chunk
-# at a time, so a million-line log never sits in the API's memory.
+# it twice; the second field of every line is then still its level. The text is shown as the
+# terminal commands print it (``terminaltext.visible``): a download is opened in a terminal or an
+# editor, where a BEL would ring, a BS overwrite, an old line's ESC c reset the screen, and a
+# colour code (kept in the log for the web UI) is noise. Formatted by Postgres, a chunk at a
+# time, so a million-line log never sits in the API's memory.
 _DOWNLOAD_LINE = (
     "to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') || ' ' "
     f"|| CASE WHEN {shows_level_sql('text', 'level')} THEN '' ELSE rpad(level, 7) || ' ' END "
-    f"|| {_PLAIN_TEXT} || E'\\n'"
+    f"|| {visible_sql('text')} || E'\\n'"
 )
 
 

@@ -2,8 +2,9 @@
 
 Pure code (no I/O), so every rule here has plain unit tests. The body is a msgspec Struct with
 its bounds in the types: anything outside them is a 422 naming the field, never a 500. What is
-within bounds but could not be stored as it is (control characters, NUL) is cleaned the same way
-the runner cleans a tool's output.
+within bounds but could not be stored as it is (escape sequences, NUL) is cleaned: a line exactly
+as the runner cleans a tool's (``common.linecleaning``), a result's strings of single control
+characters (never more: a result's text is data).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Annotated, Any
 
 import msgspec
 
+from jobrunner.common.linecleaning import clean_line
 from jobrunner.common.loglevels import Level, Stream
 from jobrunner.contracts.events import (
     MAX_RESULT_BYTES,
@@ -127,22 +129,27 @@ def decode_report(body: bytes) -> Report:
     return report
 
 
-# Control characters but tab; ESC goes too (a worker's colours are not worth an escape sequence
-# that the log viewer cannot show). NUL is shown as U+2400, as in a tool's output.
+# What a result's keys and strings lose: each control character but tab, one at a time. Not
+# ``linecleaning``'s escape sequences: a result is data, and a string's text after an introducer
+# (U+009D in mis-decoded UTF-8, an unended OSC) is the worker's payload, never swallowed. NUL is
+# shown as U+2400, as in a line.
 _CONTROL = re.compile(r"[\x01-\x08\x0a-\x1f\x7f-\x9f]")
-_LINE_BREAK = re.compile(r"\r\n|\r|\n")
 
 
-def clean_text(text: str) -> str:
+def clean_result_text(text: str) -> str:
+    """A result's key or string as stored: no control character but tab, NUL shown as ␀."""
     return _CONTROL.sub("", text.replace("\x00", "\u2400"))
 
 
 def split_lines(lines: list[ReportedLine]) -> list[ReportedLine]:
-    """A text with line breaks becomes one line per line, each cleaned."""
+    """A text with line breaks becomes one line per line, each cleaned as the runner cleans a
+    tool's line (``common.linecleaning``): the same text is stored the same way on both paths.
+    Not split as a runner splits a line over its ``max_line_bytes``: a reported text is at most
+    16,384 characters, at most 64 KiB of UTF-8, the default ``max_line_bytes``."""
     out: list[ReportedLine] = []
     for line in lines:
-        for part in _LINE_BREAK.split(line.text):
-            out.append(ReportedLine(text=clean_text(part), level=line.level, stream=line.stream))
+        for part in line.text.split("\n"):
+            out.append(ReportedLine(text=clean_line(part), level=line.level, stream=line.stream))
     return out
 
 
@@ -170,9 +177,9 @@ def _clean_value(value: Any, depth: int) -> Any:
             f"A result may nest objects and lists at most {MAX_RESULT_DEPTH} deep.",
         )
     if isinstance(value, str):
-        return clean_text(value)
+        return clean_result_text(value)
     if isinstance(value, dict):
-        return {clean_text(k): _clean_value(v, depth + 1) for k, v in value.items()}
+        return {clean_result_text(k): _clean_value(v, depth + 1) for k, v in value.items()}
     if isinstance(value, list):
         return [_clean_value(v, depth + 1) for v in value]
     return value

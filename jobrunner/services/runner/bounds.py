@@ -16,6 +16,7 @@ from typing import Any
 
 import msgspec
 
+from jobrunner.common.linecleaning import ESCAPE_RE
 from jobrunner.contracts.events import (
     MAX_COUNT,
     MAX_MESSAGE_CHARS,
@@ -23,7 +24,7 @@ from jobrunner.contracts.events import (
     MAX_RESULT_BYTES,
     RESULT_CUT_FIELD,
 )
-from jobrunner.services.runner.output import ESCAPE_RE, Progress
+from jobrunner.services.runner.output import Progress
 
 CUT_MARK = "…"
 _WHITESPACE_CONTROL = re.compile(r"[\t\n\r\x0b\x0c\x85]+")

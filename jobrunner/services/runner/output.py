@@ -7,43 +7,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from jobrunner.common.linecleaning import REMOVED_WITHOUT_C1, clean_line
 from jobrunner.common.loglevels import LEVEL_RE, LEVEL_SCAN_CHARS, level_of_word
 
-# ECMA-48's escape and control sequences, 7-bit (ESC ...) and 8-bit (C1) alike: what a terminal
-# would obey, not show. A sequence cut short (by the line's end, or by a character that cannot
-# continue it) matches as far as it got, so removing them leaves no ESC and no C1 control. A
-# string's payload goes up to its ST (ESC \ or U+009C; an OSC's also up to BEL, as xterm ends it);
-# an ESC that is not ST ends it too (as xterm does), CAN and SUB cancel it (ECMA-48, DEC), and a
-# carriage return or line break ends it here: the text after it is the tool's, and a progress
-# bar's last state must not depend on where a pipe read fell. One never ended reaches the text's
-# end (a terminal would show none of it either).
-_STRING_END = r"\x1b\\|\x9c"  # ST
-_OSC_PAYLOAD = rf"[^\x07\x1b\x9c\r\n\x18\x1a]*(?:\x07|{_STRING_END})?"
-_DCS_PAYLOAD = rf"[^\x1b\x9c\r\n\x18\x1a]*(?:{_STRING_END})?"  # DCS, SOS, PM, APC: ST only
-_AFTER_ESC = (
-    r"\[[0-?]*[ -/]*[@-~]?"  # CSI: cursor, erase, modes (ESC [ 2 J)
-    rf"|\]{_OSC_PAYLOAD}"  # OSC (ESC ] 0;title BEL)
-    rf"|[PX^_]{_DCS_PAYLOAD}"  # DCS, SOS, PM, APC (ESC P q... ESC \)
-    # nF with its intermediates (ESC ( 0, ESC # 8), Fp (ESC 7, ESC =), Fe (ESC D), Fs (ESC c);
-    # nothing: a lone ESC
-    r"|[ -/]*[0-~]?"
-)
-_C1_LED = (
-    r"\x9b[0-?]*[ -/]*[@-~]?"  # the 8-bit CSI (U+009B 2 J)
-    rf"|\x9d{_OSC_PAYLOAD}"  # the 8-bit OSC
-    rf"|[\x90\x98\x9e\x9f]{_DCS_PAYLOAD}"  # the 8-bit DCS, SOS, PM, APC
-    r"|[\x80-\x9f]"  # every other C1 control (U+0085 NEL, U+009C ST alone, ...)
-)
-ESCAPE_RE = re.compile(rf"\x1b(?:{_AFTER_ESC})|{_C1_LED}")  # colour codes too: for plain text
-# What the runner removes from a tool's line: ESCAPE_RE's sequences but colour codes (SGR:
-# ESC [ ... m; the web UI renders them safely). Removed by ``sub("")``, no Python call per
-# match; without C1 (the text holds none: ``_has_c1``) every match begins with the literal ESC,
-# which the regex engine finds as fast as ``str.find`` (with a C1 alternative it tries every
-# character). The other C0 controls (BEL, BS, VT, FF, ...) stay, as before: finding them would
-# cost every line of a flood another pass over its bytes (bench.line_cleaning), and no consumer
-# obeys them as they travel (JSON escapes them, the terminal commands show them as symbols).
-_REMOVED_WITHOUT_C1 = re.compile(rf"\x1b(?!\[[0-9;]*m)(?:{_AFTER_ESC})")
-_REMOVED = re.compile(rf"{_REMOVED_WITHOUT_C1.pattern}|{_C1_LED}")
 # A C1 control in UTF-8 (U+0080-U+009F): 0xC2 and a byte of 0x80-0x9F.
 _C1_UTF8 = re.compile(rb"\xc2[\x80-\x9f]")
 # LEVEL_RE over a block of lines at once (MULTILINE; no whitespace run crosses a line break):
@@ -207,22 +173,13 @@ def parse_result(text: str, pattern: re.Pattern[str]) -> dict[str, Any] | None:
 
 
 def clean_text(raw: bytes, may_hold_c1: bool = True) -> str:
-    """Bytes that are not UTF-8 become U+FFFD and NUL becomes ␀: replaced, never dropped.
-
-    ANSI colour codes are kept, every other escape sequence and every C1 control removed
-    (``_REMOVED``); of a carriage-return progress bar the last state is kept, as a terminal
-    would show it. ``may_hold_c1`` False: the caller knows ``raw`` holds no C1 control (it
-    looked at the whole read at once).
-    """
-    text = raw.decode("utf-8", errors="replace").replace("\x00", "␀")
-    if may_hold_c1 and _has_c1(raw):
-        text = _REMOVED.sub("", text)
-    elif "\x1b" in text:
-        text = _REMOVED_WITHOUT_C1.sub("", text)
-    if "\r" in text:
-        parts = [p for p in text.split("\r") if p]
-        text = parts[-1] if parts else ""
-    return text
+    """Bytes that are not UTF-8 become U+FFFD, then the line is cleaned as every stored line is
+    (``common.linecleaning.clean_line``: NUL shown as ␀, colour codes kept, every other escape
+    sequence and C1 control removed, a carriage-return progress bar's last state kept).
+    ``may_hold_c1`` False: the caller knows ``raw`` holds no C1 control (it looked at the whole
+    read at once)."""
+    text = raw.decode("utf-8", errors="replace")
+    return clean_line(text, holds_c1=may_hold_c1 and _has_c1(raw))
 
 
 def _has_c1(raw: bytes | bytearray) -> bool:
@@ -284,7 +241,7 @@ def split_text(text: str, max_bytes: int) -> list[str]:
         piece = data[:cut].decode("utf-8", "replace")
         if "\x1b" in piece:
             # A colour code too long to move whole to the next piece: its cut start goes.
-            piece = _REMOVED_WITHOUT_C1.sub("", piece)
+            piece = REMOVED_WITHOUT_C1.sub("", piece)
         pieces.append(piece + SPLIT_MARKER)
         data = data[cut:]
     pieces.append(data.decode("utf-8", "replace"))
@@ -349,7 +306,9 @@ class LineSplitter:
             raw = bytes(buf[start:end])
             start = end + 1
             if len(raw) <= self._surely_fits:
-                lines.append(clean_text(raw, read_holds_c1))
+                # clean_text, inlined: a Python call a line fewer in a flood (bench.line_cleaning)
+                holds_c1 = read_holds_c1 and _has_c1(raw)
+                lines.append(clean_line(raw.decode("utf-8", "replace"), holds_c1))
             else:
                 lines.extend(split_line(raw, self.max_bytes))
         del buf[:start]
