@@ -12,6 +12,7 @@ from __future__ import annotations
 import mimetypes
 import re
 
+from jobrunner.common import bidicontrols
 from jobrunner.contracts.events import MAX_ARTIFACT_NAME_CHARS
 
 MAX_PART_BYTES = 255  # what common file systems allow for one file name
@@ -24,11 +25,6 @@ MAX_PART_BYTES = 255  # what common file systems allow for one file name
 # control line) still work.
 MAX_NAME_BYTES = 2048
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-# The bidirectional embeddings, overrides and isolates: shown, they reorder the name around them,
-# so ``invoice<U+202E>fdp.exe`` reads "invoiceexe.pdf" in the job page, a file manager and the
-# ZIP's listing while it is an .exe. No file name needs them (the marks U+200E/U+200F and the
-# joiners, which some scripts do need, reorder nothing on their own and stay allowed).
-_BIDI_CONTROL = re.compile("[\u202a-\u202e\u2066-\u2069]")
 _UNSAFE_FILENAME = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
@@ -66,10 +62,10 @@ def check_new_name(name: str) -> str:
     ``MAX_NAME_BYTES`` in UTF-8, and no bidirectional override (a name stored before this rule
     still downloads: ``check_name`` leaves them be)."""
     check_name(name)
-    if _BIDI_CONTROL.search(name):
+    if (bidi := bidicontrols.first_in(name)) is not None:
         raise BadArtifactName(
-            "the name holds a bidirectional override (U+202A-U+202E, U+2066-U+2069), which "
-            "makes it read as another name"
+            f"the name holds a bidirectional override ({bidi}; none of U+202A-U+202E, "
+            "U+2066-U+2069 is allowed), which makes it read as another name"
         )
     if len(name.encode("utf-8")) > MAX_NAME_BYTES:
         raise BadArtifactName(f"the name is longer than {MAX_NAME_BYTES} bytes in UTF-8")
