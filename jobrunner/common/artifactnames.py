@@ -4,7 +4,9 @@ A name is the file's path relative to the job's output directory, ``/``-separate
 URLs, ZIP entries and ``Content-Disposition`` headers, and a ZIP is unpacked on machines we do not
 know, so a name that could step out of the folder it is unpacked into is never stored: no
 absolute path, no ``.`` or ``..`` part, no empty part, no backslash (a separator on Windows), no
-control characters, text that is valid Unicode.
+control characters, text that is valid Unicode. A name about to be stored must also unpack on
+Windows: none of ``< > : " | ? *``, no part ending in a dot or a space, no device name (``CON``,
+``nul.txt``). Names stored before such a rule keep downloading: serving checks ``check_name`` only.
 """
 
 from __future__ import annotations
@@ -26,6 +28,17 @@ MAX_PART_BYTES = 255  # what common file systems allow for one file name
 MAX_NAME_BYTES = 2048
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _UNSAFE_FILENAME = re.compile(r"[^A-Za-z0-9_.-]+")
+# What Windows cannot hold in a file or folder name (backslash and control characters are
+# refused for every name already): a ZIP with ``q?.csv`` fails to unpack there, or its tool
+# renames the file. Refused for names about to be stored only (check_new_name).
+_NOT_ON_WINDOWS = re.compile(r'[<>:"|?*]')
+# The device names Windows reserves, whatever the extension (``CON.txt``, ``nul.tar.gz``) and
+# the case, also with spaces before the extension (Windows drops them). ¹²³ are what Windows
+# reads as the digits 1-3 there.
+_RESERVED_ON_WINDOWS = re.compile(
+    r"(CON|PRN|AUX|NUL|COM[1-9\u00b9\u00b2\u00b3]|LPT[1-9\u00b9\u00b2\u00b3]) *(\..*)?",
+    re.IGNORECASE | re.DOTALL,
+)
 
 
 class BadArtifactName(ValueError):
@@ -69,7 +82,32 @@ def check_new_name(name: str) -> str:
         )
     if len(name.encode("utf-8")) > MAX_NAME_BYTES:
         raise BadArtifactName(f"the name is longer than {MAX_NAME_BYTES} bytes in UTF-8")
+    for part in name.split("/"):
+        if (problem := windows_problem(part)) is not None:
+            raise BadArtifactName(problem)
     return name
+
+
+def windows_problem(part: str) -> str | None:
+    """Why Windows cannot store ``part`` (one file or folder name) as it is, or None. A ZIP of a
+    job's files unpacks anywhere, so such a name is not stored."""
+    if (found := _NOT_ON_WINDOWS.search(part)) is not None:
+        return (
+            f"the name {part!r} holds {found.group()!r}, which Windows cannot store in a file "
+            'name (none of < > : " | ? * is allowed)'
+        )
+    if part.endswith((".", " ")):
+        return (
+            f"the name {part!r} ends with a {'dot' if part.endswith('.') else 'space'}, which "
+            "Windows drops (the file would unpack under another name)"
+        )
+    if _RESERVED_ON_WINDOWS.fullmatch(part):
+        device = part.split(".", 1)[0].strip()
+        return (
+            f"the name {part!r} is Windows' device name {device.upper()} (CON, PRN, AUX, NUL, "
+            "COM1-9 and LPT1-9 are reserved whatever the extension), which no file can have there"
+        )
+    return None
 
 
 def content_type(name: str) -> str:
