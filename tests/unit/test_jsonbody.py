@@ -68,11 +68,125 @@ def test_a_body_cut_after_an_unknown_field_is_malformed_not_the_wrong_shape() ->
 def test_json_nested_too_deeply_is_malformed() -> None:
     """Nesting past msgspec's depth is a 400, not a RecursionError (a 500)."""
     assert answer(b"[" * 100_000) == (400, "MALFORMED_JSON")
-    assert answer(b'{"count": 1e999}') == (400, "MALFORMED_JSON")  # a number no float holds
     assert answer(b'{"name": ' + b"[" * 100_000 + b"]" * 100_000 + b"}") == (
         400,
         "MALFORMED_JSON",
     )
+
+
+def refusal(body: bytes) -> ApiError:
+    with pytest.raises(ApiError) as exc:
+        jsonbody.decode(body, Shape, "INVALID_SHAPE", "The body is not a shape")
+    return exc.value
+
+
+@pytest.mark.parametrize(
+    ("body", "path", "told"),
+    [
+        (b'{"count": 1e999}', "$.count", "the number at $.count (1e999) is too large to hold"),
+        (b'{"name": "x", "count": -' + b"9" * 5000 + b"}", "$.count", "of 5001 characters"),
+        (b'{"name": [0, 1e400]}', "$.name[1]", "the number at $.name[1] (1e400)"),
+        (b'{"name": "\\ud800"}', "$.name", "holds a lone surrogate \\ud800"),
+        (b'{"name": "a\\udc00b"}', "$.name", "holds a lone surrogate \\udc00"),
+        (b'{"x": {"\\ud800 k": 1}}', '$.x["\\ud800 k"]', "the key at"),
+    ],
+)
+def test_json_that_msgspec_cannot_hold_is_told_with_its_place(
+    body: bytes, path: str, told: str
+) -> None:
+    """Valid JSON that no value of the API holds (a number past any float, an integer of more
+    than 4,300 digits, a lone surrogate escape) is 400 UNSUPPORTED_JSON_VALUE saying what and
+    where, not "not valid JSON" (which sent its sender looking for a syntax error)."""
+    error = refusal(body)
+    assert (error.status, error.code, error.extra["path"]) == (400, "UNSUPPORTED_JSON_VALUE", path)
+    assert told in error.message, error.message
+    assert error.extra["problem"] in ("number_too_large", "lone_surrogate")
+
+
+def test_a_pair_of_surrogate_escapes_is_one_character_and_fine() -> None:
+    """``\\ud83d\\ude00`` is one character (😀): read as such."""
+    assert answer(b'{"name": "\\ud83d\\ude00"}') == Shape(name="\U0001f600")
+
+
+@pytest.mark.parametrize(
+    ("body", "path", "key"),
+    [
+        (b'{"name": "x", "name": "y"}', "$.name", "name"),
+        (b'{"name": "x", "count": 1, "count": 1}', "$.count", "count"),
+        (b'{"name": [{"a": 1}, {"b": 1, "b": 2}]}', "$.name[1].b", "b"),
+        (b'{"name": {"odd key": {"k": 1, "k": 1}}}', '$.name["odd key"].k', "k"),
+    ],
+)
+def test_a_key_given_twice_is_refused_naming_it_and_its_place(
+    body: bytes, path: str, key: str
+) -> None:
+    """``{"name": "x", "name": "y"}`` took the last silently, while a proxy reading the first
+    saw another request: now 400 DUPLICATE_JSON_KEY with the key and its path, also where the
+    two values agree and in a part the route never reads."""
+    error = refusal(body)
+    assert (error.status, error.code) == (400, "DUPLICATE_JSON_KEY")
+    assert (error.extra["path"], error.extra["key"]) == (path, key)
+    assert f'the key "{key}" is given twice' in error.message
+
+
+def test_duplicate_keys_are_refused_by_every_reading_of_a_body() -> None:
+    """The untyped read (a batch) and an action's options refuse them too."""
+    with pytest.raises(ApiError) as untyped:
+        jsonbody.decode_any(b'{"batch_name": "x", "batch_name": "y", "jobs": []}')
+    with pytest.raises(ApiError) as options:
+        decode_options(b'{"reason": "a", "reason": "b"}')
+    assert untyped.value.code == options.value.code == "DUPLICATE_JSON_KEY"
+    assert untyped.value.extra["path"] == "$.batch_name"
+
+
+def test_the_same_key_in_different_objects_is_fine() -> None:
+    """Only a repeat within one object is refused."""
+    assert jsonbody.decode_any(b'{"a": {"k": 1}, "b": {"k": 2}, "k": [{"k": 3}]}') == {
+        "a": {"k": 1},
+        "b": {"k": 2},
+        "k": [{"k": 3}],
+    }
+
+
+json_objects = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.lists(st.tuples(st.sampled_from(["a", "b", "c"]), inner), max_size=4)
+    ),
+    max_leaves=10,
+)
+
+
+def _as_json(value: object) -> str:
+    """``value`` as JSON text; a list of (key, value) tuples is an object, repeats kept."""
+    if isinstance(value, list) and value and all(isinstance(v, tuple) for v in value):
+        return "{" + ",".join(f"{json.dumps(k)}:{_as_json(v)}" for k, v in value) + "}"
+    if isinstance(value, list):
+        return "[" + ",".join(_as_json(v) for v in value) + "]"
+    return json.dumps(value)
+
+
+def _repeats(value: object) -> bool:
+    if isinstance(value, list) and value and all(isinstance(v, tuple) for v in value):
+        keys = [k for k, _ in value]
+        return len(set(keys)) != len(keys) or any(_repeats(v) for _, v in value)
+    return isinstance(value, list) and any(_repeats(v) for v in value)
+
+
+@settings(max_examples=300)
+@given(json_objects)
+def test_a_body_is_refused_for_a_repeated_key_exactly_when_it_has_one(value: object) -> None:
+    """Generated JSON with objects that may repeat keys at any depth: DUPLICATE_JSON_KEY exactly
+    when some object repeats one, and the path leads to an object holding the key twice."""
+    body = _as_json(value).encode()
+    if not _repeats(value):
+        jsonbody.decode_any(body)
+        return
+    with pytest.raises(ApiError) as exc:
+        jsonbody.decode_any(body)
+    assert exc.value.code == "DUPLICATE_JSON_KEY", exc.value.message
+    assert exc.value.extra["path"].endswith("." + exc.value.extra["key"])
 
 
 @settings(deadline=None, max_examples=300)

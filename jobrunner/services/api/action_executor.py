@@ -81,19 +81,9 @@ async def event_store_answers() -> AsyncIterator[None]:
 
 def decode_options(body: bytes) -> ActionOptions:
     """The optional JSON body of an action: empty means no options."""
-    skipped = jsonbody.bom_length(body)
-    unmarked = body[skipped:]
-    if not unmarked.strip():
+    if not jsonbody.without_utf8_bom(body).strip():
         return ActionOptions()
-    try:
-        return msgspec.json.decode(unmarked, type=ActionOptions)
-    except msgspec.ValidationError as exc:  # before DecodeError: it is one
-        jsonbody.decode_any(body)  # a body that is no JSON at all is MALFORMED_JSON
-        raise options_refused(str(exc)) from None
-    except msgspec.DecodeError:
-        raise jsonbody.not_json(unmarked, skipped=skipped) from None
-    except RecursionError:
-        raise jsonbody.not_json(unmarked, nested=True) from None
+    return jsonbody.decode_as(body, ActionOptions, options_refused)
 
 
 # What each option must be: msgspec's own words name the pattern ("Expected `str` matching

@@ -4,8 +4,10 @@
 the route's own ``422`` when it is JSON of the wrong shape. msgspec checks the shape while it
 parses, so a body that breaks off after an unknown field is first reported as a shape error:
 such a body is parsed once more, without a type, to tell the two apart (only on that error).
-A number no float holds (``1e999``) is not JSON here either: msgspec cannot read it (a batch's
-untyped body always answered so). ``400 BODY_NOT_UTF8`` when the body is not UTF-8 (JSON written
+JSON that msgspec cannot hold (a number no float holds, ``1e999``; an integer of more than
+4,300 digits; a lone surrogate escape, ``"\\ud800"``) is ``400 UNSUPPORTED_JSON_VALUE``, and an
+object that repeats a key ``400 DUPLICATE_JSON_KEY``, each naming the place (``jsonscan``).
+``400 BODY_NOT_UTF8`` when the body is not UTF-8 (JSON written
 in Latin-1 or UTF-16 by a Windows tool): "not valid JSON" sent its sender looking for a syntax
 error in JSON that has none. Checked only once msgspec has refused the body: a good body pays
 nothing.
@@ -21,11 +23,13 @@ send its sender looking for an encoding problem it does not have.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import msgspec
 import msgspec.inspect
 
+from jobrunner.services.api import jsonscan
 from jobrunner.services.api.errors import ApiError
 
 T = TypeVar("T")
@@ -85,8 +89,10 @@ def malformed(nested: bool = False) -> ApiError:
 
 def not_json(body: bytes, nested: bool = False, skipped: int = 0) -> ApiError:
     """The 400 for a ``body`` msgspec refused: BODY_NOT_UTF8 when it is not UTF-8 at all (its
-    JSON may be fine), else MALFORMED_JSON. ``skipped``: how many bytes the client sent before
-    ``body`` (a UTF-8 byte order mark), so that the byte named is counted as the client counts."""
+    JSON may be fine); UNSUPPORTED_JSON_VALUE or DUPLICATE_JSON_KEY for JSON that holds a value
+    msgspec cannot (``jsonscan``), naming it and its place; else MALFORMED_JSON. ``skipped``: how
+    many bytes the client sent before ``body`` (a UTF-8 byte order mark), so that the byte named
+    is counted as the client counts."""
     wide = wide_encoding(body)
     if wide is not None:
         return ApiError(
@@ -97,7 +103,7 @@ def not_json(body: bytes, nested: bool = False, skipped: int = 0) -> ApiError:
             encoding=wide,
         )
     try:
-        body.decode()
+        text = body.decode()
     except UnicodeDecodeError as exc:
         return ApiError(
             400,
@@ -107,23 +113,46 @@ def not_json(body: bytes, nested: bool = False, skipped: int = 0) -> ApiError:
             "UTF-8; a Latin-1 or Windows-1252 text must be converted first.",
             byte=skipped + exc.start,
         )
+    if not nested and (problem := jsonscan.first_problem(text)) is not None:
+        return refused_json(problem)
     return malformed(nested)
+
+
+def refused_json(problem: jsonscan.Problem) -> ApiError:
+    """The 400 for JSON that parses but is refused: a repeated key, or a value msgspec cannot
+    hold (a number too large, a lone surrogate escape)."""
+    sentence = f"The request body is JSON, but {problem.sentence}."
+    if problem.kind == "duplicate_key":
+        return ApiError(400, "DUPLICATE_JSON_KEY", sentence, path=problem.path, key=problem.key)
+    return ApiError(
+        400, "UNSUPPORTED_JSON_VALUE", sentence, path=problem.path, problem=problem.kind
+    )
 
 
 def decode(body: bytes, of: type[T], code: str, what: str) -> T:
     """``body`` as ``of``; for JSON that is not one ``422 <code>``, ``what`` and msgspec's
     sentence ("The report is not valid: Expected `int`, got `str` - at `$.progress`.")."""
+    return decode_as(
+        body, of, lambda detail: ApiError(422, code, f"{what}: {detail}{choices_hint(of, detail)}.")
+    )
+
+
+def decode_as(body: bytes, of: type[T], wrong_shape: Callable[[str], ApiError]) -> T:
+    """``body`` as ``of``, every route's one way to read JSON: the 400s of ``not_json`` and
+    ``unique_keys``, and ``wrong_shape(msgspec's sentence)`` for JSON that is not an ``of``."""
     skipped = bom_length(body)
     unmarked = body[skipped:]
     try:
-        return msgspec.json.decode(unmarked, type=of)
+        value = msgspec.json.decode(unmarked, type=of)
     except msgspec.ValidationError as exc:  # before DecodeError: it is one
-        decode_any(body)  # raises MALFORMED_JSON (or BODY_NOT_UTF8) for a body that is no JSON
-        raise ApiError(422, code, f"{what}: {exc}{choices_hint(of, str(exc))}.") from None
+        decode_any(body)  # raises the 400 for a body that is no JSON msgspec can read
+        raise wrong_shape(str(exc)) from None
     except msgspec.DecodeError:
         raise not_json(unmarked, skipped=skipped) from None
     except RecursionError:  # msgspec's error for JSON nested deeper than it can decode
         raise not_json(unmarked, nested=True) from None
+    unique_keys(unmarked)
+    return value
 
 
 def decode_any(body: bytes) -> Any:
@@ -131,11 +160,27 @@ def decode_any(body: bytes) -> Any:
     skipped = bom_length(body)
     unmarked = body[skipped:]
     try:
-        return msgspec.json.decode(unmarked)
+        value = msgspec.json.decode(unmarked)
     except msgspec.DecodeError:
         raise not_json(unmarked, skipped=skipped) from None
     except RecursionError:
         raise not_json(unmarked, nested=True) from None
+    unique_keys(unmarked)
+    return value
+
+
+def unique_keys(body: bytes) -> None:
+    """Raises 400 DUPLICATE_JSON_KEY when an object in ``body`` (JSON msgspec read, so UTF-8)
+    repeats a key, naming the key and its place."""
+    text = body.decode()
+    try:
+        jsonscan.check_unique_keys(text)
+    except jsonscan.DuplicateKey:
+        problem = jsonscan.first_problem(text)
+        assert problem is not None  # the slow path finds what the scan found
+        raise refused_json(problem) from None
+    except RecursionError:  # Python's scanner stops a few levels before msgspec's
+        raise malformed(nested=True) from None
 
 
 # msgspec's sentence for a value outside an enum or Literal: "Invalid enum value 'god' - at
