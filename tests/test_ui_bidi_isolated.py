@@ -1,0 +1,125 @@
+"""Names and text a tool or a user gave, stored before bidirectional overrides were refused (or
+in a tool's output, which keeps them): the web UI shows each isolated (``<bdi>``, ``dir=auto``),
+so an override in it stops at its end and cannot reorder the page's text around it. Checked in
+real Chromium on the pages that show them."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator
+
+import msgspec
+import pytest
+from playwright.async_api import Browser, Page
+
+from jobrunner.common.settings import Settings
+from jobrunner.contracts import events
+from jobrunner.contracts.events import JobStatus
+from tests.batch_support import batch_events
+from tests.browser import open_page
+from tests.history_support import job_events, publish, wait_projected
+from tests.system import System
+from tests.tools.job_type_files import TEST_TYPES
+
+pytestmark = pytest.mark.browser
+
+BATCH_NAME = "b\u202eidi"  # listed as "bidi" (its own text reversed) before
+REASON = "stop \u202e now"
+ARTIFACT = "invoice\u202efdp.exe"  # read "invoiceexe.pdf" before
+LINE = "wrote \u202eevil.txt"
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    return msgspec.structs.replace(settings, job_types_file=TEST_TYPES)
+
+
+@pytest.fixture
+async def page(browser: Browser, projector_and_api: System) -> AsyncIterator[Page]:
+    """A page on a system without a runner: the jobs published here keep their status."""
+    opened = await open_page(browser, projector_and_api)
+    yield opened
+    errors = opened.script_errors  # type: ignore[attr-defined]
+    await opened.context.close()
+    assert not errors, errors
+
+
+async def isolation_of(page: Page, selector: str, text: str) -> str:
+    """The ``unicode-bidi`` Chromium computes for the text matching ``selector`` and ``text``
+    within its line: the first inline element from it up to its block that is not ``normal``,
+    else ``normal`` (a block isolates its lines anyway, but not one part of a line from the
+    rest: a name followed by other text in the same line needs an inline isolate)."""
+    return str(
+        await page.locator(selector)
+        .filter(has_text=text)
+        .first.evaluate(
+            """element => {
+                for (let at = element; at; at = at.parentElement) {
+                    const style = getComputedStyle(at);
+                    if (!style.display.startsWith("inline")) return "normal";
+                    if (style.unicodeBidi !== "normal") return style.unicodeBidi;
+                }
+                return "normal";
+            }"""
+        )
+    )
+
+
+async def test_old_batch_names_and_reasons_are_shown_isolated(
+    page: Page, projector_and_api: System, settings: Settings
+) -> None:
+    """A batch named ``b<U+202E>idi`` and failed with ``stop <U+202E> now`` (stored before the
+    refusal): on /batches and on its page both are isolated."""
+    stream: list[events.Publishable] = [*batch_events("old", 1, name=BATCH_NAME)]
+    stream.append(events.BatchFailed(batch_id="old", reason=REASON))
+    await wait_projected(settings, await publish(settings, stream))
+
+    await page.goto("/batches")
+    assert await isolation_of(page, "[data-batch-link]", BATCH_NAME) == "isolate"
+    await page.goto("/batches/old")
+    # The name and the reason are each a block of their own there (nothing else in their line),
+    # which Chromium isolates; they are marked dir=auto all the same.
+    for field, shown in (("name", BATCH_NAME), ("failed_reason", REASON)):
+        cell = page.locator(f'[data-field="{field}"]')
+        assert (await cell.text_content(), await cell.get_attribute("dir")) == (shown, "auto")
+
+
+async def test_each_parameter_value_in_a_running_jobs_summary_is_isolated(
+    page: Page, projector_and_api: System, settings: Settings
+) -> None:
+    """An active job's one-line summary ``query: x<U+202E>, zlimit: 5``: the value is isolated,
+    so ", zlimit: 5" after it is not turned around (before: one plain text line)."""
+    stream = job_events(
+        "active", "emit", status=JobStatus.RUNNING, parameters={"query": "x\u202e", "zlimit": 5}
+    )
+    await wait_projected(settings, await publish(settings, stream))
+
+    await page.goto("/jobs")
+    summary = page.locator("[data-summary]").filter(has_text="zlimit")
+    assert await isolation_of(page, "[data-summary] bdi", "x\u202e") == "isolate"
+    assert (await summary.inner_text()).endswith(", zlimit: 5")
+
+
+async def test_old_artifact_names_and_tool_lines_are_shown_isolated(
+    page: Page, projector_and_api: System, settings: Settings
+) -> None:
+    """A job with an artifact ``invoice<U+202E>fdp.exe`` (stored before the refusal) and a log
+    line holding an override: on the job page the name's link and the line's text are isolated."""
+    stream: list[events.Publishable] = [
+        *job_events("spoof", "emit", status=JobStatus.COMPLETED, lines=[LINE])
+    ]
+    stream.insert(
+        -1,
+        events.ArtifactStored(
+            job_id="spoof",
+            name=ARTIFACT,
+            size=2,
+            sha256=hashlib.sha256(b"MZ").hexdigest(),
+            object_name=f"spoof/{ARTIFACT}",
+        ),
+    )
+    await wait_projected(settings, await publish(settings, stream))
+
+    await page.goto("/jobs/spoof")
+    assert await isolation_of(page, "#artifacts a", ARTIFACT) == "isolate"
+    assert await isolation_of(page, ".log-row .txt", LINE) == "isolate"
