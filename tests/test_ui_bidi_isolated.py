@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 
 import msgspec
 import pytest
-from playwright.async_api import Browser, Page
+from playwright.async_api import Browser, Page, expect
 
 from jobrunner.common.settings import Settings
 from jobrunner.contracts import events
@@ -82,6 +82,8 @@ async def test_old_batch_names_and_reasons_are_shown_isolated(
     for field, shown in (("name", BATCH_NAME), ("failed_reason", REASON)):
         cell = page.locator(f'[data-field="{field}"]')
         assert (await cell.text_content(), await cell.get_attribute("dir")) == (shown, "auto")
+    # The page's title is plain text: the name's own override dropped, the name isolated.
+    await expect(page).to_have_title("\u2068bidi\u2069 · Jobrunner")
 
 
 async def test_each_parameter_value_in_a_running_jobs_summary_is_isolated(

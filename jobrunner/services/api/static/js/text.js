@@ -73,6 +73,14 @@ export function tickClocks(root = document) {
 }
 
 let announceTimer = 0;
+// A name a user or a tool gave, inside plain text no element can isolate (the page's title, an
+// announcement): its own bidirectional controls dropped, then wrapped in FIRST STRONG ISOLATE ...
+// POP DIRECTIONAL ISOLATE, so it cannot turn the text after it around.
+const BIDI_CONTROLS = /[\u202a-\u202e\u2066-\u2069]/g;
+export function isolated(text) {
+  return `\u2068${String(text).replace(BIDI_CONTROLS, "")}\u2069`;
+}
+
 // Polite announcements for screen readers (finishes, starts), never one per log line.
 export function announce(message) {
   const region = document.getElementById("announcer");
