@@ -181,6 +181,8 @@ def unique_keys(body: bytes) -> None:
         raise refused_json(problem) from None
     except RecursionError:  # Python's scanner stops a few levels before msgspec's
         raise malformed(nested=True) from None
+    except ValueError:  # never seen: JSON msgspec read that Python's scanner refuses
+        raise malformed() from None
 
 
 # msgspec's sentence for a value outside an enum or Literal: "Invalid enum value 'god' - at
