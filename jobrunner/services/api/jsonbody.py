@@ -5,8 +5,10 @@ the route's own ``422`` when it is JSON of the wrong shape. msgspec checks the s
 parses, so a body that breaks off after an unknown field is first reported as a shape error:
 such a body is parsed once more, without a type, to tell the two apart (only on that error).
 JSON that msgspec cannot hold (a number no float holds, ``1e999``; an integer of more than
-4,300 digits; a lone surrogate escape, ``"\\ud800"``) is ``400 UNSUPPORTED_JSON_VALUE``, and an
-object that repeats a key ``400 DUPLICATE_JSON_KEY``, each naming the place (``jsonscan``).
+4,300 digits; a lone surrogate escape, ``"\\ud800"``) is ``400 UNSUPPORTED_JSON_VALUE`` naming
+the place (``jsonscan``), in a body of at most :data:`MAX_DIAGNOSED_BYTES`: the second reading
+runs on the event loop, so a larger one (a batch) is only "not valid JSON". A key given twice in
+one object is not refused: the last one wins (``jsonscan`` says why).
 ``400 BODY_NOT_UTF8`` when the body is not UTF-8 (JSON written
 in Latin-1 or UTF-16 by a Windows tool): "not valid JSON" sent its sender looking for a syntax
 error in JSON that has none. Checked only once msgspec has refused the body: a good body pays
@@ -33,6 +35,10 @@ from jobrunner.services.api import jsonscan
 from jobrunner.services.api.errors import ApiError
 
 T = TypeVar("T")
+
+# The largest body read a second time to name a value msgspec cannot hold (every body but a
+# batch's is at most this large).
+MAX_DIAGNOSED_BYTES = 1024 * 1024
 
 UTF8_BOM = b"\xef\xbb\xbf"
 # Longest first: UTF-32LE's mark begins with UTF-16LE's.
@@ -89,10 +95,10 @@ def malformed(nested: bool = False) -> ApiError:
 
 def not_json(body: bytes, nested: bool = False, skipped: int = 0) -> ApiError:
     """The 400 for a ``body`` msgspec refused: BODY_NOT_UTF8 when it is not UTF-8 at all (its
-    JSON may be fine); UNSUPPORTED_JSON_VALUE or DUPLICATE_JSON_KEY for JSON that holds a value
-    msgspec cannot (``jsonscan``), naming it and its place; else MALFORMED_JSON. ``skipped``: how
-    many bytes the client sent before ``body`` (a UTF-8 byte order mark), so that the byte named
-    is counted as the client counts."""
+    JSON may be fine); UNSUPPORTED_JSON_VALUE for JSON (of at most MAX_DIAGNOSED_BYTES) that
+    holds a value msgspec cannot (``jsonscan``), naming it and its place; else MALFORMED_JSON.
+    ``skipped``: how many bytes the client sent before ``body`` (a UTF-8 byte order mark), so
+    that the byte named is counted as the client counts."""
     wide = wide_encoding(body)
     if wide is not None:
         return ApiError(
@@ -113,19 +119,21 @@ def not_json(body: bytes, nested: bool = False, skipped: int = 0) -> ApiError:
             "UTF-8; a Latin-1 or Windows-1252 text must be converted first.",
             byte=skipped + exc.start,
         )
-    if not nested and (problem := jsonscan.first_problem(text)) is not None:
-        return refused_json(problem)
-    return malformed(nested)
+    if nested or len(body) > MAX_DIAGNOSED_BYTES:
+        return malformed(nested)
+    problem = jsonscan.first_problem(text)
+    return malformed() if problem is None else unsupported(problem)
 
 
-def refused_json(problem: jsonscan.Problem) -> ApiError:
-    """The 400 for JSON that parses but is refused: a repeated key, or a value msgspec cannot
-    hold (a number too large, a lone surrogate escape)."""
-    sentence = f"The request body is JSON, but {problem.sentence}."
-    if problem.kind == "duplicate_key":
-        return ApiError(400, "DUPLICATE_JSON_KEY", sentence, path=problem.path, key=problem.key)
+def unsupported(problem: jsonscan.Problem) -> ApiError:
+    """The 400 for JSON holding a value msgspec cannot (a number too large, a lone surrogate
+    escape)."""
     return ApiError(
-        400, "UNSUPPORTED_JSON_VALUE", sentence, path=problem.path, problem=problem.kind
+        400,
+        "UNSUPPORTED_JSON_VALUE",
+        f"The request body is JSON, but {problem.sentence}.",
+        path=problem.path,
+        problem=problem.kind,
     )
 
 
@@ -138,12 +146,12 @@ def decode(body: bytes, of: type[T], code: str, what: str) -> T:
 
 
 def decode_as(body: bytes, of: type[T], wrong_shape: Callable[[str], ApiError]) -> T:
-    """``body`` as ``of``, every route's one way to read JSON: the 400s of ``not_json`` and
-    ``unique_keys``, and ``wrong_shape(msgspec's sentence)`` for JSON that is not an ``of``."""
+    """``body`` as ``of``, every route's one way to read JSON: the 400s of ``not_json``, and
+    ``wrong_shape(msgspec's sentence)`` for JSON that is not an ``of``."""
     skipped = bom_length(body)
     unmarked = body[skipped:]
     try:
-        value = msgspec.json.decode(unmarked, type=of)
+        return msgspec.json.decode(unmarked, type=of)
     except msgspec.ValidationError as exc:  # before DecodeError: it is one
         decode_any(body)  # raises the 400 for a body that is no JSON msgspec can read
         raise wrong_shape(str(exc)) from None
@@ -151,8 +159,6 @@ def decode_as(body: bytes, of: type[T], wrong_shape: Callable[[str], ApiError]) 
         raise not_json(unmarked, skipped=skipped) from None
     except RecursionError:  # msgspec's error for JSON nested deeper than it can decode
         raise not_json(unmarked, nested=True) from None
-    unique_keys(unmarked)
-    return value
 
 
 def decode_any(body: bytes) -> Any:
@@ -160,29 +166,11 @@ def decode_any(body: bytes) -> Any:
     skipped = bom_length(body)
     unmarked = body[skipped:]
     try:
-        value = msgspec.json.decode(unmarked)
+        return msgspec.json.decode(unmarked)
     except msgspec.DecodeError:
         raise not_json(unmarked, skipped=skipped) from None
     except RecursionError:
         raise not_json(unmarked, nested=True) from None
-    unique_keys(unmarked)
-    return value
-
-
-def unique_keys(body: bytes) -> None:
-    """Raises 400 DUPLICATE_JSON_KEY when an object in ``body`` (JSON msgspec read, so UTF-8)
-    repeats a key, naming the key and its place."""
-    text = body.decode()
-    try:
-        jsonscan.check_unique_keys(text)
-    except jsonscan.DuplicateKey:
-        problem = jsonscan.first_problem(text)
-        assert problem is not None  # the slow path finds what the scan found
-        raise refused_json(problem) from None
-    except RecursionError:  # Python's scanner stops a few levels before msgspec's
-        raise malformed(nested=True) from None
-    except ValueError:  # never seen: JSON msgspec read that Python's scanner refuses
-        raise malformed() from None
 
 
 # msgspec's sentence for a value outside an enum or Literal: "Invalid enum value 'god' - at

@@ -1,15 +1,16 @@
-"""What msgspec does not tell about a JSON body: a key given twice in one object, and a value it
-cannot hold (an integer of more digits than Python reads, a number past any float, a lone
-surrogate escape), each with its place (``$.parameters.n``).
+"""What msgspec does not tell about a JSON body it refused: a value it cannot hold (an integer of
+more digits than Python reads, a number past any float, a lone surrogate escape), with its place
+(``$.parameters.n``).
 
-msgspec decodes a repeated key silently (the last one wins) and has no option to refuse it
-(msgspec issue #648, open); a proxy or a firewall reading the first one would see another request
-than jobrunner does, so a body holding one is refused. Python's json scanner (C) hands each
-object's pairs to a hook before they become a dict: :func:`check_unique_keys` runs it over every
-body msgspec accepted. Only when it finds a repeat, or when msgspec refused JSON that Python's
-grammar reads, is the body read once more (:func:`first_problem`, the slow path) to name the
-place. The scan's cost, counted by ``bench.json_body_cost``: a 1,000-line report's reading
-takes about 2.8 times the instructions it took (msgspec alone is that much faster).
+Read only once msgspec has refused a body (a good body pays nothing), by Python's json scanner,
+which keeps such values (:func:`first_problem`). That scanner recurses once per level of nesting
+and its limit is the caller's remaining stack, so a body nested deeper than
+:data:`MAX_DIAGNOSED_DEPTH` (counted first, without recursion) is not read again: it stays "not
+valid JSON". The walk over what the scanner read is iterative.
+
+A key given twice in one object is not looked for: the last one wins, as in msgspec and most
+JSON parsers (RFC 8259 §4 asks senders for unique keys). Refusing it cost a 1,000-line report's
+reading 6.4 times its instructions (bench/RESULTS.md, session 40).
 """
 
 from __future__ import annotations
@@ -18,44 +19,34 @@ import json
 import math
 import re
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from itertools import accumulate
+from typing import Any, Literal
 
 # msgspec (like Python's int()) reads integers of at most this many digits.
 _MAX_DIGITS = sys.get_int_max_str_digits() or sys.maxsize
+# Far from any stack's end whoever calls (a request handler is a few hundred frames deep at
+# most, Python's limit 1,000), far past what a request of the API nests.
+MAX_DIAGNOSED_DEPTH = 100
 _PLAIN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_STRING = re.compile(r'"(?:[^"\\]++|\\.)*+"', re.DOTALL)
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+_NESTING = {"[": 1, "{": 1, "]": -1, "}": -1}
 # A key in a place as told, and the whole place: a client's text of any length.
 MAX_SHOWN_KEY_CHARS = 100
 MAX_SHOWN_PATH_CHARS = 300
 
-
-class DuplicateKey(ValueError):
-    """A key appears twice in one object (raised by the scan; :func:`first_problem` names it)."""
+ProblemKind = Literal["number_too_large", "lone_surrogate"]
 
 
 @dataclass(frozen=True)
 class Problem:
-    """The first thing in a body that is refused: ``kind`` (``duplicate_key``,
-    ``number_too_large``, ``lone_surrogate``), its ``path`` (a repeated key's own:
-    ``$.lines[0].text``), a sentence, and for a repeated key the key (its start)."""
+    """The first value in a body that msgspec cannot hold: its ``kind``, its ``path``
+    (``$.lines[0].text``) and a sentence naming both."""
 
-    kind: str
+    kind: ProblemKind
     path: str
     sentence: str
-    key: str | None = None
-
-
-def check_unique_keys(text: str) -> None:
-    """Raises :class:`DuplicateKey` when an object of ``text`` (JSON msgspec accepted) repeats a
-    key; RecursionError for nesting deeper than Python's scanner goes."""
-    # Every object's pairs are collected by a builtin (no Python call per object: a Python
-    # hook doubled the cost of a 1,000-line report's reading), then compared, in C too, with
-    # the dicts they make: a dict shorter than its pairs had a key twice.
-    objects: list[list[tuple[str, Any]]] = []
-    json.JSONDecoder(object_pairs_hook=objects.append).decode(text)
-    if list(map(len, objects)) != list(map(len, map(dict, objects))):
-        raise DuplicateKey
 
 
 class _TooLarge:
@@ -66,7 +57,7 @@ class _TooLarge:
 
 
 class _Pairs(list[tuple[str, Any]]):
-    """An object's pairs in order, repeats kept."""
+    """An object's pairs in order, a repeated key's earlier values kept (msgspec read them too)."""
 
 
 def _integer(text: str) -> int | _TooLarge:
@@ -91,45 +82,54 @@ _SCAN_ALL = json.JSONDecoder(
 )
 
 
+def nesting_depth(text: str) -> int:
+    """How deep the arrays and objects of ``text`` nest at most (brackets in strings not
+    counted); an upper bound for text that is not JSON."""
+    brackets = _NOT_BRACKET.sub("", _STRING.sub("", text))
+    return max(accumulate(map(_NESTING.__getitem__, brackets)), default=0)
+
+
 def first_problem(text: str) -> Problem | None:
-    """The first (in the text's order) repeated key or value msgspec cannot hold in ``text``,
-    or None: then it is not JSON at all (or nested deeper than Python reads)."""
+    """The first (in the text's order) value msgspec cannot hold in ``text``, or None: then it
+    is not JSON at all, or nested deeper than :data:`MAX_DIAGNOSED_DEPTH`."""
+    if nesting_depth(text) > MAX_DIAGNOSED_DEPTH:
+        return None
     try:
         value = _SCAN_ALL.decode(text)
-    except (ValueError, RecursionError):
+    except ValueError:
         return None
-    return next(_problems(value, "$"), None)
+    return _first(value)
 
 
-def _problems(value: Any, path: str) -> Iterator[Problem]:
-    if isinstance(value, _Pairs):
-        seen: set[str] = set()
-        for key, item in value:
-            here = _step(path, key)
-            if not _holdable(key):
-                yield _lone_surrogate(key, here, "key")
-            if key in seen:
-                yield Problem(
-                    "duplicate_key",
-                    _shown_path(here),
-                    f"the key {_shown(key)} is given twice in the object at {_shown_path(path)} "
-                    "(which one counts is not defined: send it once)",
-                    key=key[:MAX_SHOWN_KEY_CHARS],
-                )
-            seen.add(key)
-            yield from _problems(item, here)
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            yield from _problems(item, f"{path}[{index}]")
-    elif isinstance(value, _TooLarge):
-        yield Problem(
-            "number_too_large",
-            _shown_path(path),
-            f"the number at {_shown_path(path)} ({_number_shown(value.text)}) is too large to "
-            f"hold: integers up to {_MAX_DIGITS} digits and numbers up to about 1.8e308 are read",
-        )
-    elif isinstance(value, str) and not _holdable(value):
-        yield _lone_surrogate(value, path, "string")
+# A place as a chain of steps, made a string only for the problem told: a string per value
+# would cost a body's size times its depth.
+_Place = tuple["_Place", str] | None
+
+
+def _first(value: Any) -> Problem | None:
+    pending: list[tuple[Any, _Place, str | None]] = [(value, None, None)]
+    while pending:
+        value, place, key = pending.pop()
+        if key is not None and not _holdable(key):
+            return _lone_surrogate(key, place, "key")
+        if isinstance(value, _Pairs):
+            pending.extend((item, (place, _step(name)), name) for name, item in reversed(value))
+        elif isinstance(value, list):
+            pending.extend(
+                (item, (place, f"[{index}]"), None)
+                for index, item in reversed(list(enumerate(value)))
+            )
+        elif isinstance(value, _TooLarge):
+            path = _path(place)
+            return Problem(
+                "number_too_large",
+                path,
+                f"the number at {path} ({_number_shown(value.text)}) is too large to hold: "
+                f"integers up to {_MAX_DIGITS} digits and numbers up to about 1.8e308 are read",
+            )
+        elif isinstance(value, str) and not _holdable(value):
+            return _lone_surrogate(value, place, "string")
+    return None
 
 
 def _holdable(text: str) -> bool:
@@ -140,33 +140,35 @@ def _holdable(text: str) -> bool:
     return True
 
 
-def _lone_surrogate(text: str, path: str, what: str) -> Problem:
+def _lone_surrogate(text: str, place: _Place, what: str) -> Problem:
     lone = next(c for c in text if 0xD800 <= ord(c) <= 0xDFFF)
+    path = _path(place)
     return Problem(
         "lone_surrogate",
-        _shown_path(path),
-        f"the {what} at {_shown_path(path)} holds a lone surrogate \\u{ord(lone):04x}, half of a "
+        path,
+        f"the {what} at {path} holds a lone surrogate \\u{ord(lone):04x}, half of a "
         "UTF-16 pair that no text holds (escape a character outside the BMP as its two halves, "
         "\\ud83d\\ude00, or send it as UTF-8)",
     )
 
 
-def _step(path: str, key: str) -> str:
-    if _PLAIN_KEY.fullmatch(key):
-        return f"{path}.{key}"
-    return f"{path}[{_shown(key)}]"
+def _step(key: str) -> str:
+    return f".{key}" if _PLAIN_KEY.fullmatch(key) else f"[{_shown(key)}]"
+
+
+def _path(place: _Place) -> str:
+    steps = []
+    while place is not None:
+        place, step = place
+        steps.append(step)
+    path = "$" + "".join(reversed(steps))
+    return path if len(path) <= MAX_SHOWN_PATH_CHARS else path[:MAX_SHOWN_PATH_CHARS] + "..."
 
 
 def _shown(key: str) -> str:
     """A key as JSON text (escapes and all, so a lone surrogate shows as \\ud800), its start."""
     cut = key[:MAX_SHOWN_KEY_CHARS]
     return json.dumps(cut) if cut == key else json.dumps(cut)[:-1] + '..."'
-
-
-def _shown_path(path: str) -> str:
-    if len(path) <= MAX_SHOWN_PATH_CHARS:
-        return path
-    return path[:MAX_SHOWN_PATH_CHARS] + "..."
 
 
 def _number_shown(text: str) -> str:
