@@ -174,6 +174,20 @@ def test_a_bad_value_nested_at_any_depth_is_a_400_never_a_500(frames: int) -> No
     at_stack_depth(frames, sweep)
 
 
+@pytest.mark.parametrize(
+    ("text", "depth"),
+    [
+        ("1", 0),
+        ('[["[[[", {"a": "]]"}], []]', 3),
+        ('[["\\"[[', 2),  # an open string runs to the end, its brackets not counted
+        ('{"a": [' * 3, 6),
+    ],
+)
+def test_the_nesting_counted_before_a_second_reading_skips_strings(text: str, depth: int) -> None:
+    """What decides whether a refused body is read again: brackets in strings do not count."""
+    assert jsonscan.nesting_depth(text) == depth
+
+
 SAFE_TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=4)
 KEYS = st.sampled_from(["a", "name", "_x9", "odd key", "9", "é", "a.b", ""]) | SAFE_TEXT
 GOOD_VALUES = st.recursive(

@@ -19,6 +19,7 @@ import json
 import math
 import re
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import accumulate
 from typing import Any, Literal
@@ -29,7 +30,9 @@ _MAX_DIGITS = sys.get_int_max_str_digits() or sys.maxsize
 # most, Python's limit 1,000), far past what a request of the API nests.
 MAX_DIAGNOSED_DEPTH = 100
 _PLAIN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_STRING = re.compile(r'"(?:[^"\\]++|\\.)*+"', re.DOTALL)
+# A string, or one left open up to the text's end: each quote is matched once (a pattern that
+# failed on an open string would rescan the rest of the text from every quote in it).
+_STRING = re.compile(r'"(?:[^"\\]++|\\.?)*+"?', re.DOTALL)
 _NOT_BRACKET = re.compile(r"[^\[\]{}]+")
 _NESTING = {"[": 1, "{": 1, "]": -1, "}": -1}
 # A key in a place as told, and the whole place: a client's text of any length.
@@ -101,34 +104,48 @@ def first_problem(text: str) -> Problem | None:
     return _first(value)
 
 
-# A place as a chain of steps, made a string only for the problem told: a string per value
-# would cost a body's size times its depth.
-_Place = tuple["_Place", str] | None
+# A place as a chain of steps (a key, an index), made a string only for the problem told: a
+# string per value would cost a body's size times its depth.
+_Place = tuple["_Place", str | int] | None
 
 
 def _first(value: Any) -> Problem | None:
-    pending: list[tuple[Any, _Place, str | None]] = [(value, None, None)]
-    while pending:
-        value, place, key = pending.pop()
-        if key is not None and not _holdable(key):
-            return _lone_surrogate(key, place, "key")
-        if isinstance(value, _Pairs):
-            pending.extend((item, (place, _step(name)), name) for name, item in reversed(value))
-        elif isinstance(value, list):
-            pending.extend(
-                (item, (place, f"[{index}]"), None)
-                for index, item in reversed(list(enumerate(value)))
-            )
-        elif isinstance(value, _TooLarge):
-            path = _path(place)
-            return Problem(
-                "number_too_large",
-                path,
-                f"the number at {path} ({_number_shown(value.text)}) is too large to hold: "
-                f"integers up to {_MAX_DIGITS} digits and numbers up to about 1.8e308 are read",
-            )
-        elif isinstance(value, str) and not _holdable(value):
-            return _lone_surrogate(value, place, "string")
+    """The first problem in ``value`` in the text's order: depth first, one iterator per open
+    array or object, no recursion: any depth the scanner read is walked."""
+    if not isinstance(value, list):
+        return _problem(value, None)
+    stack: list[tuple[Iterator[tuple[str | int, Any]], _Place]] = [(_children(value), None)]
+    while stack:
+        children, place = stack[-1]
+        for step, item in children:
+            if isinstance(step, str) and not _holdable(step):
+                return _lone_surrogate(step, (place, step), "key")
+            if isinstance(item, list):
+                stack.append((_children(item), (place, step)))
+                break
+            if isinstance(item, str | _TooLarge) and (problem := _problem(item, (place, step))):
+                return problem
+        else:
+            stack.pop()
+    return None
+
+
+def _children(value: list[Any]) -> Iterator[tuple[str | int, Any]]:
+    return iter(value) if isinstance(value, _Pairs) else enumerate(value)
+
+
+def _problem(value: Any, place: _Place) -> Problem | None:
+    """The problem of a scalar ``value``, or None."""
+    if isinstance(value, _TooLarge):
+        path = _path(place)
+        return Problem(
+            "number_too_large",
+            path,
+            f"the number at {path} ({_number_shown(value.text)}) is too large to hold: "
+            f"integers up to {_MAX_DIGITS} digits and numbers up to about 1.8e308 are read",
+        )
+    if isinstance(value, str) and not _holdable(value):
+        return _lone_surrogate(value, place, "string")
     return None
 
 
@@ -152,15 +169,17 @@ def _lone_surrogate(text: str, place: _Place, what: str) -> Problem:
     )
 
 
-def _step(key: str) -> str:
-    return f".{key}" if _PLAIN_KEY.fullmatch(key) else f"[{_shown(key)}]"
+def _step(step: str | int) -> str:
+    if isinstance(step, int):
+        return f"[{step}]"
+    return f".{step}" if _PLAIN_KEY.fullmatch(step) else f"[{_shown(step)}]"
 
 
 def _path(place: _Place) -> str:
     steps = []
     while place is not None:
         place, step = place
-        steps.append(step)
+        steps.append(_step(step))
     path = "$" + "".join(reversed(steps))
     return path if len(path) <= MAX_SHOWN_PATH_CHARS else path[:MAX_SHOWN_PATH_CHARS] + "..."
 
