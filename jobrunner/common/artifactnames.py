@@ -34,9 +34,11 @@ _UNSAFE_FILENAME = re.compile(r"[^A-Za-z0-9_.-]+")
 _NOT_ON_WINDOWS = re.compile(r'[<>:"|?*]')
 # The device names Windows reserves, whatever the extension (``CON.txt``, ``nul.tar.gz``) and
 # the case, also with spaces before the extension (Windows drops them). ¹²³ are what Windows
-# reads as the digits 1-3 there.
+# reads as the digits 1-3 there. The rules of Python 3.13's ``ntpath.isreserved``: a name whose
+# part before the first dot, trailing spaces dropped, is one of its ``_reserved_names``
+# (CONIN$ and CONOUT$, the console's input and output, included).
 _RESERVED_ON_WINDOWS = re.compile(
-    r"(CON|PRN|AUX|NUL|COM[1-9\u00b9\u00b2\u00b3]|LPT[1-9\u00b9\u00b2\u00b3]) *(\..*)?",
+    r"(CON|CONIN\$|CONOUT\$|PRN|AUX|NUL|(COM|LPT)[1-9\u00b9\u00b2\u00b3]) *(\..*)?",
     re.IGNORECASE | re.DOTALL,
 )
 
@@ -104,8 +106,9 @@ def windows_problem(part: str) -> str | None:
     if _RESERVED_ON_WINDOWS.fullmatch(part):
         device = part.split(".", 1)[0].strip()
         return (
-            f"the name {part!r} is Windows' device name {device.upper()} (CON, PRN, AUX, NUL, "
-            "COM1-9 and LPT1-9 are reserved whatever the extension), which no file can have there"
+            f"the name {part!r} is Windows' device name {device.upper()} (CON, CONIN$, CONOUT$, "
+            "PRN, AUX, NUL, COM1-9 and LPT1-9 are reserved whatever the extension), which no "
+            "file can have there"
         )
     return None
 
