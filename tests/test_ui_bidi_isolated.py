@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import msgspec
 import pytest
@@ -145,3 +146,21 @@ async def test_old_artifact_names_and_tool_lines_are_shown_isolated(
     await page.goto("/jobs/spoof")
     assert await isolation_of(page, "#artifacts a", ARTIFACT) == "isolate"
     assert await isolation_of(page, ".log-row .txt", LINE) == "isolate"
+
+
+async def test_an_imported_files_name_and_values_are_shown_isolated(
+    page: Page, tmp_path: Path
+) -> None:
+    """Rows imported from ``r<U+202E>ows.csv`` with an override in a value: in the new batch's
+    preview the file's name and each value are isolated (before: one plain line of text)."""
+    await page.goto("/jobs?lang=en")
+    await page.get_by_role("button", name="New batch").click()
+    await expect(page.locator('#batch-job-params [data-job-type="emit"]')).to_be_attached()
+    rows_file = tmp_path / "r\u202eows.csv"
+    rows_file.write_text("lines;interval\n1;0\u202e\n")
+    await page.get_by_label("Import a file (CSV or JSON)").set_input_files(str(rows_file))
+    summary = page.locator("#batch-list-body [data-summary]")
+    await expect(summary).to_have_count(1)
+    assert await summary.locator("bdi").all_text_contents() == ["1", "0\u202e", rows_file.name]
+    assert await isolation_of(page, "[data-summary] bdi", rows_file.name) == "isolate"
+    assert await isolation_of(page, "[data-summary] bdi", "0\u202e") == "isolate"

@@ -1,6 +1,6 @@
 // /batches/{id}: the aggregates (live from batch_update), the jobs of the batch page by page
 // (a button and scrolling both load the next page), and the actions, each confirmed first.
-import { t, announce, isolated, formatNumber, formatDateTime, formatDuration, writeHeaders } from "./text.js";
+import { t, announce, isolated, withoutBidiControls, formatNumber, formatDateTime, formatDuration, writeHeaders } from "./text.js";
 import { drawBatch } from "./batchview.js";
 import { statusBadge } from "./widgets.js";
 import { confirmAction, problemOf } from "./confirm.js";
@@ -165,8 +165,9 @@ function setUpActions() {
       text: t(`batch.confirm.${action}_text`),
       reason: ACTIONS[action].reason,
       run: async (typed) => {
-        // The API takes a reason of one line without control characters.
-        const reason = typed.replace(/[\x00-\x1f\x7f-\x9f]+/g, " ").trim();
+        // The API takes a reason of one line without control characters or bidirectional
+        // overrides (a pasted text may hold them): dropped here, not refused there.
+        const reason = withoutBidiControls(typed).replace(/[\x00-\x1f\x7f-\x9f]+/g, " ").trim();
         const response = await fetch(`/api/batches/${encodeURIComponent(batchId)}/${action}`, {
           method: "POST",
           credentials: "same-origin",
