@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import zipfile
 from pathlib import Path
+from typing import Any
 
+import httpx
 import msgspec
 import nats
 import pytest
 from nats.js.api import ObjectStoreConfig
 
-from jobrunner.common import artifactstore
+from jobrunner.common import artifactstore, eventstore
 from jobrunner.common.settings import Settings
+from jobrunner.contracts import events
 from jobrunner.contracts.names import Names
 from jobrunner.services.projector.replay import replay
 from tests.system import System
@@ -129,6 +133,59 @@ async def test_links_escapes_and_unsafe_names_are_not_stored_but_logged(system: 
     assert "'line\\nbreak.txt' is no safe artifact name" in log
     assert "'..\\\\x' is no safe artifact name" in log
     assert "'invoice\\u202efdp.exe' is no safe artifact name" in log
+    assert "'q?x#y.csv' is no safe artifact name (the name 'q?x#y.csv' holds '?'" in log
+    assert "'CON.txt' is no safe artifact name (the name 'CON.txt' is Windows' device" in log
+    assert "'trailing.' is no safe artifact name (the name 'trailing.' ends with a dot" in log
+
+
+async def wait_listed(client: httpx.AsyncClient, job_id: str, count: int) -> dict[str, Any]:
+    """The job's listing once it holds ``count`` artifacts (the projector applied them)."""
+    async with asyncio.timeout(30):
+        while len((listed := await artifacts_of(client, job_id))["items"]) < count:  # noqa: ASYNC110 - nothing signals a projection
+            await asyncio.sleep(0.05)
+    return listed
+
+
+async def test_names_windows_cannot_store_stored_before_still_download(
+    system: System, settings: Settings
+) -> None:
+    """Files stored by an earlier version under names Windows cannot hold (``q?x.csv``,
+    ``CON.txt``: no longer stored since session 40) stay listed, downloadable and zipped."""
+    old_names = {"q?x.csv": b"question", "sub/CON.txt": b"device", "end.": b"dot"}
+    names = Names(settings.prefix)
+    async with system.client() as client:
+        job = await finished_artifact_job(client, "artifacts", mode="several")
+        nc = await eventstore.connect(settings, "test-old-artifacts")
+        try:
+            js = nc.jetstream()
+            for name, data in old_names.items():
+                object_name = names.artifact_object(job["id"], name)
+                stored = await artifactstore.put_file(
+                    js, names, object_name, io.BytesIO(data), len(data), lambda: False
+                )
+                # What a runner of an earlier version published for such a file.
+                await eventstore.publish(
+                    js,
+                    names,
+                    events.ArtifactStored(
+                        job_id=job["id"],
+                        name=name,
+                        size=stored.size,
+                        sha256=stored.sha256,
+                        object_name=object_name,
+                    ),
+                )
+        finally:
+            await eventstore.close(nc)
+        listed = await wait_listed(client, job["id"], len(SEVERAL) + len(old_names))
+        by_name = {item["name"]: item for item in listed["items"]}
+        downloads = {name: await client.get(by_name[name]["url"]) for name in old_names}
+        archive = await client.get(f"/api/jobs/{job['id']}/download-archive")
+    assert {name: r.status_code for name, r in downloads.items()} == dict.fromkeys(old_names, 200)
+    assert {name: r.content for name, r in downloads.items()} == old_names
+    assert archive.status_code == 200, archive.text
+    members = zipfile.ZipFile(io.BytesIO(archive.content))
+    assert {name: members.read(name) for name in old_names} == old_names
 
 
 async def test_output_directory_swapped_for_a_link_is_not_followed(

@@ -137,6 +137,34 @@ async def test_unsafe_name_and_ended_job_are_refused(system: System) -> None:
     assert (late.status_code, late.json()["error"]["code"]) == (409, "JOB_FINISHED")
 
 
+async def test_a_name_windows_cannot_store_is_refused_saying_why(system: System) -> None:
+    """``q?x.csv``, ``CON.txt`` and ``end.`` answer 400 INVALID_ARTIFACT_NAME, each sentence
+    naming the character or the name and Windows (the job's ZIP must unpack anywhere); nothing
+    is listed, and an ordinary name still uploads."""
+    async with system.client() as client, worker_client(system.base_url) as worker:
+        job = await start_external(client, file="a.pdf")
+        await job.report_when_held(worker, progress=10)
+        answers = {}
+        for name, sent in [("q?x.csv", "q%3Fx.csv"), ("CON.txt", "CON.txt"), ("end.", "end.")]:
+            url, headers = _put(job, sent)
+            answers[name] = await worker.put(url, content=b"x", headers=headers)
+        url, headers = _put(job, "ok.csv")
+        fine = await worker.put(url, content=b"x", headers=headers)
+        listed = (await client.get(f"/api/jobs/{job.id}/artifacts")).json()
+    errors = {name: answer.json()["error"] for name, answer in answers.items()}
+    assert {name: answer.status_code for name, answer in answers.items()} == {
+        "q?x.csv": 400,
+        "CON.txt": 400,
+        "end.": 400,
+    }
+    assert {e["code"] for e in errors.values()} == {"INVALID_ARTIFACT_NAME"}
+    assert "holds '?', which Windows cannot store" in errors["q?x.csv"]["message"]
+    assert "device name CON" in errors["CON.txt"]["message"]
+    assert "ends with a dot, which Windows drops" in errors["end."]["message"]
+    assert fine.status_code == 201, fine.text
+    assert [a["name"] for a in listed["items"]] == ["ok.csv"]
+
+
 async def test_a_file_after_a_failed_end_is_told_the_error_code_as_a_report_is(
     system: System,
 ) -> None:

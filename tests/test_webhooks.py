@@ -64,6 +64,7 @@ async def test_ended_job_posts_signed_payload_to_its_webhook(
     assert got.headers["x-jobrunner-event"] == "job.completed"
     assert got.headers["authorization"] == "Bearer receiver-token"
     assert got.headers["content-type"] == "application/json"
+    assert got.headers["connection"] == "close"  # the notifier never keeps a connection
     assert body["job_id"] == job_id
     assert body["job_type"] == "emit"
     assert body["status"] == "completed"

@@ -4,7 +4,9 @@ A name is the file's path relative to the job's output directory, ``/``-separate
 URLs, ZIP entries and ``Content-Disposition`` headers, and a ZIP is unpacked on machines we do not
 know, so a name that could step out of the folder it is unpacked into is never stored: no
 absolute path, no ``.`` or ``..`` part, no empty part, no backslash (a separator on Windows), no
-control characters, text that is valid Unicode.
+control characters, text that is valid Unicode. A name about to be stored must also unpack on
+Windows: none of ``< > : " | ? *``, no part ending in a dot or a space, no device name (``CON``,
+``nul.txt``). Names stored before such a rule keep downloading: serving checks ``check_name`` only.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import mimetypes
 import re
 
+from jobrunner.common import bidicontrols
 from jobrunner.contracts.events import MAX_ARTIFACT_NAME_CHARS
 
 MAX_PART_BYTES = 255  # what common file systems allow for one file name
@@ -24,12 +27,20 @@ MAX_PART_BYTES = 255  # what common file systems allow for one file name
 # control line) still work.
 MAX_NAME_BYTES = 2048
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-# The bidirectional embeddings, overrides and isolates: shown, they reorder the name around them,
-# so ``invoice<U+202E>fdp.exe`` reads "invoiceexe.pdf" in the job page, a file manager and the
-# ZIP's listing while it is an .exe. No file name needs them (the marks U+200E/U+200F and the
-# joiners, which some scripts do need, reorder nothing on their own and stay allowed).
-_BIDI_CONTROL = re.compile("[\u202a-\u202e\u2066-\u2069]")
 _UNSAFE_FILENAME = re.compile(r"[^A-Za-z0-9_.-]+")
+# What Windows cannot hold in a file or folder name (backslash and control characters are
+# refused for every name already): a ZIP with ``q?.csv`` fails to unpack there, or its tool
+# renames the file. Refused for names about to be stored only (check_new_name).
+_NOT_ON_WINDOWS = re.compile(r'[<>:"|?*]')
+# The device names Windows reserves, whatever the extension (``CON.txt``, ``nul.tar.gz``) and
+# the case, also with spaces before the extension (Windows drops them). ¹²³ are what Windows
+# reads as the digits 1-3 there. The rules of Python 3.13's ``ntpath.isreserved``: a name whose
+# part before the first dot, trailing spaces dropped, is one of its ``_reserved_names``
+# (CONIN$ and CONOUT$, the console's input and output, included).
+_RESERVED_ON_WINDOWS = re.compile(
+    r"(CON|CONIN\$|CONOUT\$|PRN|AUX|NUL|(COM|LPT)[1-9\u00b9\u00b2\u00b3]) *(\..*)?",
+    re.IGNORECASE | re.DOTALL,
+)
 
 
 class BadArtifactName(ValueError):
@@ -66,14 +77,40 @@ def check_new_name(name: str) -> str:
     ``MAX_NAME_BYTES`` in UTF-8, and no bidirectional override (a name stored before this rule
     still downloads: ``check_name`` leaves them be)."""
     check_name(name)
-    if _BIDI_CONTROL.search(name):
+    if (bidi := bidicontrols.first_in(name)) is not None:
         raise BadArtifactName(
-            "the name holds a bidirectional override (U+202A-U+202E, U+2066-U+2069), which "
-            "makes it read as another name"
+            f"the name holds a bidirectional override ({bidi}; none of U+202A-U+202E, "
+            "U+2066-U+2069 is allowed), which makes it read as another name"
         )
     if len(name.encode("utf-8")) > MAX_NAME_BYTES:
         raise BadArtifactName(f"the name is longer than {MAX_NAME_BYTES} bytes in UTF-8")
+    for part in name.split("/"):
+        if (problem := windows_problem(part)) is not None:
+            raise BadArtifactName(problem)
     return name
+
+
+def windows_problem(part: str) -> str | None:
+    """Why Windows cannot store ``part`` (one file or folder name) as it is, or None. A ZIP of a
+    job's files unpacks anywhere, so such a name is not stored."""
+    if (found := _NOT_ON_WINDOWS.search(part)) is not None:
+        return (
+            f"the name {part!r} holds {found.group()!r}, which Windows cannot store in a file "
+            'name (none of < > : " | ? * is allowed)'
+        )
+    if part.endswith((".", " ")):
+        return (
+            f"the name {part!r} ends with a {'dot' if part.endswith('.') else 'space'}, which "
+            "Windows drops (the file would unpack under another name)"
+        )
+    if _RESERVED_ON_WINDOWS.fullmatch(part):
+        device = part.split(".", 1)[0].strip()
+        return (
+            f"the name {part!r} is Windows' device name {device.upper()} (CON, CONIN$, CONOUT$, "
+            "PRN, AUX, NUL, COM1-9 and LPT1-9 are reserved whatever the extension), which no "
+            "file can have there"
+        )
+    return None
 
 
 def content_type(name: str) -> str:

@@ -65,6 +65,10 @@ def main() -> int:
         (out / "..\\x").write_text("a backslash name")
         # Reads "invoiceexe.pdf" wherever it is shown; it is an .exe.
         (out / "invoice\u202efdp.exe").write_text("a bidirectional override in the name")
+        # Names Windows cannot store: the ZIP would not unpack there as it is.
+        (out / "q?x#y.csv").write_text("a question mark in the name")
+        (out / "CON.txt").write_text("a device name of Windows")
+        (out / "trailing.").write_text("a name ending in a dot")
         (out / "kept.txt").write_text("the one good file")
     elif args.mode == "sized":
         for i, size in enumerate(int(s) for s in args.sizes.split(",") if s):

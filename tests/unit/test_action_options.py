@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -45,6 +46,21 @@ def test_reason_with_control_characters_is_refused(text: str) -> None:
     assert error.extra["field"] == "reason"
     assert "without control characters" in error.message
     assert "regex" not in error.message
+
+
+@pytest.mark.parametrize("code", [*range(0x202A, 0x202F), *range(0x2066, 0x206A)])
+def test_reason_with_a_bidirectional_override_is_refused(code: int) -> None:
+    """A reason holding U+202A-E or U+2066-9 ("stop <U+202E> now", shown as "stop won") is
+    refused like one with control characters, the sentence saying so."""
+    error = refused(b'{"reason": "stop %b now"}' % chr(code).encode())
+    assert (error.status, error.code, error.extra["field"]) == (422, "INVALID_OPTIONS", "reason")
+    assert "bidirectional overrides" in error.message
+
+
+def test_reason_in_right_to_left_text_with_marks_is_taken() -> None:
+    """Hebrew with a right-to-left mark (U+200F) is a reason like any other."""
+    reason = "\u05e2\u05e6\u05d5\u05e8 \u200f now"
+    assert decode_options(msgspec.json.encode({"reason": reason})).reason == reason
 
 
 def test_unknown_option_is_refused() -> None:

@@ -127,3 +127,81 @@ def test_marks_and_joiners_stay_allowed_in_new_names() -> None:
         "a\u200db.txt",
     ]:
         assert check_new_name(name) == name
+
+
+@pytest.mark.parametrize(
+    ("name", "told"),
+    [
+        ("q?x#y.csv", "holds '?'"),
+        ("sub/a:b.txt", "holds ':'"),
+        ('say "hi".txt', "holds '\"'"),
+        ("a*b", "holds '*'"),
+        ("a<b>c", "holds '<'"),
+        ("pipe|d", "holds '|'"),
+        ("report.", "ends with a dot"),
+        ("folder /x.csv", "ends with a space"),
+        ("CON", "device name CON"),
+        ("sub/con.txt", "device name CON"),
+        ("Nul.tar.gz", "device name NUL"),
+        ("AUX .log", "device name AUX"),
+        ("prn", "device name PRN"),
+        ("COM1.csv", "device name COM1"),
+        ("lpt9", "device name LPT9"),
+        ("COM\u00b9.txt", "device name COM\u00b9"),
+        ("conin$", "device name CONIN$"),
+        ("logs/CONOUT$ .txt", "device name CONOUT$"),
+    ],
+)
+def test_names_windows_cannot_store_are_refused_for_new_names_only(name: str, told: str) -> None:
+    """A ZIP of the job's files unpacks anywhere: a new name Windows cannot store (one of
+    < > : " | ? *, a part ending in a dot or a space, a device name with any extension) is
+    refused, saying which; one stored before still downloads (check_name)."""
+    with pytest.raises(BadArtifactName, match="Windows") as exc:
+        check_new_name(name)
+    assert told in str(exc.value)
+    assert check_name(name) == name
+
+
+@pytest.mark.parametrize(
+    "name", ["CONSOLE.txt", "COM0", "LPT10.txt", "x.con", "my con.txt", "a b.txt", "#1 (x).csv"]
+)
+def test_names_that_only_look_like_device_names_are_stored(name: str) -> None:
+    """Only the exact device names are reserved: CONSOLE, COM0, LPT10 or a .con extension are
+    ordinary names on Windows too."""
+    assert check_new_name(name) == name
+
+
+# Python 3.13's ntpath._reserved_names.
+WINDOWS_DEVICE_NAMES = {
+    "CON",
+    "PRN",
+    "AUX",
+    "NUL",
+    "CONIN$",
+    "CONOUT$",
+    *(f"{device}{n}" for device in ("COM", "LPT") for n in "123456789\u00b9\u00b2\u00b3"),
+}
+
+
+@given(
+    st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=30)
+    | st.builds(
+        "{}{}{}".format,
+        st.sampled_from(sorted(WINDOWS_DEVICE_NAMES)).map(str.lower) | st.just("CONSOLE"),
+        st.sampled_from(["", " ", "  "]),
+        st.sampled_from(["", ".txt", ".a.b", "x", " .log"]),
+    )
+)
+def test_every_new_name_either_unpacks_on_windows_or_is_refused(part: str) -> None:
+    """Whatever the name, check_new_name either refuses it or it holds none of Windows' bad
+    characters, no part ends in a dot or a space and no part is a device name."""
+    try:
+        check_new_name(part)
+    except BadArtifactName:
+        return
+    for piece in part.split("/"):
+        assert not set(piece) & set('<>:"|?*')
+        assert not piece.endswith((".", " "))
+        # Python 3.13's ntpath.isreserved: the part before the first dot, trailing spaces
+        # dropped, is no device name.
+        assert piece.partition(".")[0].rstrip(" ").upper() not in WINDOWS_DEVICE_NAMES

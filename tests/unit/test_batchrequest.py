@@ -131,3 +131,42 @@ def test_the_fingerprint_ignores_spelling_but_not_content() -> None:
     )
     assert one.fingerprint() == spelled.fingerprint()
     assert one.fingerprint() != other.fingerprint()
+
+
+BIDI_CONTROLS = [chr(c) for c in [*range(0x202A, 0x202F), *range(0x2066, 0x206A)]]
+# Text around one without control characters or overrides of its own.
+plain_text = st.text(
+    st.characters(blacklist_categories=("Cc", "Cs"), blacklist_characters=BIDI_CONTROLS),
+    max_size=20,
+)
+
+
+@given(before=plain_text, bidi=st.sampled_from(BIDI_CONTROLS), after=st.text(max_size=20))
+@settings(max_examples=50)
+def test_a_batch_name_with_a_bidirectional_override_is_refused(
+    before: str, bidi: str, after: str
+) -> None:
+    """A batch_name holding U+202A-E or U+2066-9 anywhere is refused (INVALID_CHARACTER) and the
+    sentence names the character: on /batches it would turn the text after it around."""
+    with pytest.raises(ApiError) as exc:
+        plan_batch({"batch_name": before + bidi + after, "jobs": [{"job_type": "emit"}]}, TYPES, 10)
+    [problem] = exc.value.extra["errors"]
+    assert (problem["field"], problem["code"]) == ("batch_name", "INVALID_CHARACTER")
+    # The first override is named, unless a control character after it is told first.
+    assert f"U+{ord(bidi):04X}" in problem["message"] or "control" in problem["message"]
+
+
+def test_a_batch_name_of_right_to_left_text_and_marks_is_accepted() -> None:
+    """Hebrew or Arabic with a right-to-left mark (U+200F) reorders nothing beyond itself: kept."""
+    name = "\u05d1\u05d3\u05d9\u05e7\u05d4 \u200fnightly"
+    plan = plan_batch({"batch_name": name, "jobs": [{"job_type": "emit"}]}, TYPES, 10)
+    assert plan.batch_name == name
+
+
+def test_the_refusal_names_the_override_it_found() -> None:
+    """``b<U+202E>idi`` is refused saying U+202E, not just "a bad character"."""
+    with pytest.raises(ApiError) as exc:
+        plan_batch({"batch_name": "b\u202eidi", "jobs": [{"job_type": "emit"}]}, TYPES, 10)
+    [problem] = exc.value.extra["errors"]
+    assert (problem["field"], problem["code"]) == ("batch_name", "INVALID_CHARACTER")
+    assert "U+202E" in problem["message"]

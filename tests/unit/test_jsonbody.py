@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import json
 import math
+import re
+from collections.abc import Callable
 
 import msgspec
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from jobrunner.services.api import jsonbody
+from jobrunner.services.api import jsonbody, jsonscan
 from jobrunner.services.api.action_executor import decode_options
 from jobrunner.services.api.errors import ApiError
 
@@ -68,11 +70,206 @@ def test_a_body_cut_after_an_unknown_field_is_malformed_not_the_wrong_shape() ->
 def test_json_nested_too_deeply_is_malformed() -> None:
     """Nesting past msgspec's depth is a 400, not a RecursionError (a 500)."""
     assert answer(b"[" * 100_000) == (400, "MALFORMED_JSON")
-    assert answer(b'{"count": 1e999}') == (400, "MALFORMED_JSON")  # a number no float holds
     assert answer(b'{"name": ' + b"[" * 100_000 + b"]" * 100_000 + b"}") == (
         400,
         "MALFORMED_JSON",
     )
+
+
+def refusal(body: bytes) -> ApiError:
+    with pytest.raises(ApiError) as exc:
+        jsonbody.decode(body, Shape, "INVALID_SHAPE", "The body is not a shape")
+    return exc.value
+
+
+@pytest.mark.parametrize(
+    ("body", "path", "told"),
+    [
+        (b'{"count": 1e999}', "$.count", "the number at $.count (1e999) is too large to hold"),
+        (b'{"name": "x", "count": -' + b"9" * 5000 + b"}", "$.count", "of 5001 characters"),
+        (b'{"name": [0, 1e400]}', "$.name[1]", "the number at $.name[1] (1e400)"),
+        (b'{"name": "\\ud800"}', "$.name", "holds a lone surrogate \\ud800"),
+        (b'{"name": "a\\udc00b"}', "$.name", "holds a lone surrogate \\udc00"),
+        (b'{"x": {"\\ud800 k": 1}}', '$.x["\\ud800 k"]', "the key at"),
+    ],
+)
+def test_json_that_msgspec_cannot_hold_is_told_with_its_place(
+    body: bytes, path: str, told: str
+) -> None:
+    """Valid JSON that no value of the API holds (a number past any float, an integer of more
+    than 4,300 digits, a lone surrogate escape) is 400 UNSUPPORTED_JSON_VALUE saying what and
+    where, not "not valid JSON" (which sent its sender looking for a syntax error)."""
+    error = refusal(body)
+    assert (error.status, error.code, error.extra["path"]) == (400, "UNSUPPORTED_JSON_VALUE", path)
+    assert told in error.message, error.message
+    assert error.extra["problem"] in ("number_too_large", "lone_surrogate")
+
+
+def test_a_pair_of_surrogate_escapes_is_one_character_and_fine() -> None:
+    """``\\ud83d\\ude00`` is one character (😀): read as such."""
+    assert answer(b'{"name": "\\ud83d\\ude00"}') == Shape(name="\U0001f600")
+
+
+def test_a_key_given_twice_takes_the_last_as_most_parsers_do() -> None:
+    """A repeated key is not refused (scanning every body for one cost a 1,000-line report 6.4
+    times its reading: bench/RESULTS.md): the last one wins, as README says, on every reader."""
+    assert answer(b'{"name": "x", "name": "y"}') == Shape(name="y")
+    assert jsonbody.decode_any(b'{"a": {"k": 1, "k": 2}}') == {"a": {"k": 2}}
+
+
+def test_a_bad_value_under_a_key_given_twice_is_told_though_the_last_one_wins() -> None:
+    """msgspec reads the earlier value too, and refuses it: so is it told, with its place."""
+    error = refusal(b'{"name": "\\ud800", "name": "y"}')
+    assert (error.code, error.extra["path"]) == ("UNSUPPORTED_JSON_VALUE", "$.name")
+
+
+def test_a_bad_value_in_a_body_over_a_mebibyte_is_only_malformed() -> None:
+    """The second reading that names the place runs on the event loop: a body past 1 MiB (a
+    batch) is not read again, and answers plain MALFORMED_JSON."""
+    filler = b"x" * jsonbody.MAX_DIAGNOSED_BYTES
+    small = b'{"name": "\\ud800"}'
+    large = b'{"count": 1, "x": "' + filler + b'", "name": "\\ud800"}'
+    for got in every_read_refusal(small):
+        assert got.code == "UNSUPPORTED_JSON_VALUE", got.message
+    for got in every_read_refusal(large):
+        assert (got.code, got.message) == ("MALFORMED_JSON", "The request body is not valid JSON.")
+
+
+def nested(depth: int, inner: bytes, in_objects: bool) -> bytes:
+    if in_objects:
+        return b'{"a": ' * depth + inner + b"}" * depth
+    return b"[" * depth + inner + b"]" * depth
+
+
+def at_stack_depth(frames: int, call: Callable[[], None]) -> None:
+    """``call()`` run ``frames`` Python frames deeper than here (a request handler is deep)."""
+    if frames == 0:
+        call()
+    else:
+        at_stack_depth(frames - 1, call)
+
+
+@pytest.mark.parametrize("frames", [0, 500])
+def test_a_bad_value_nested_at_any_depth_is_a_400_never_a_500(frames: int) -> None:
+    """A lone surrogate, a number past any float and a repeated key nested 1 to 1,100 levels
+    deep, read with hundreds of frames already on the stack or not: every reader answers 400
+    (UNSUPPORTED_JSON_VALUE naming the place down to 100 levels, MALFORMED_JSON below), or
+    reads the repeated key; before, some depths raised a RecursionError or an AssertionError
+    (a 500), which depth depending on the caller's stack."""
+
+    def sweep() -> None:
+        for depth in range(1, 1101):
+            for in_objects in (False, True):
+                for inner in (b'"\\ud800"', b"1e400"):
+                    for got in every_read(nested(depth, inner, in_objects)):
+                        assert isinstance(got, tuple), (depth, got)
+                        assert got[0] == 400, (depth, got)
+                        if depth <= jsonscan.MAX_DIAGNOSED_DEPTH:
+                            assert got[1] == "UNSUPPORTED_JSON_VALUE", (depth, got)
+                        else:
+                            assert got[1] == "MALFORMED_JSON", (depth, got)
+                for got in every_read(nested(depth, b'{"a": 1, "a": 2}', in_objects)):
+                    assert not isinstance(got, tuple) or got[0] in (400, 422), (depth, got)
+
+    at_stack_depth(frames, sweep)
+
+
+@pytest.mark.parametrize(
+    ("text", "depth"),
+    [
+        ("1", 0),
+        ('[["[[[", {"a": "]]"}], []]', 3),
+        ('[["\\"[[', 2),  # an open string runs to the end, its brackets not counted
+        ('{"a": [' * 3, 6),
+    ],
+)
+def test_the_nesting_counted_before_a_second_reading_skips_strings(text: str, depth: int) -> None:
+    """What decides whether a refused body is read again: brackets in strings do not count."""
+    assert jsonscan.nesting_depth(text) == depth
+
+
+SAFE_TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=4)
+KEYS = st.sampled_from(["a", "name", "_x9", "odd key", "9", "é", "a.b", ""]) | SAFE_TEXT
+GOOD_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | SAFE_TEXT,
+    lambda inner: st.lists(inner, max_size=2) | st.dictionaries(SAFE_TEXT, inner, max_size=2),
+    max_leaves=4,
+)
+
+
+def written(text: str, escapes: list[bool]) -> str:
+    """``text`` as a JSON string, each character escaped as \\uXXXX or not as ``escapes``
+    says (cycled), so the reader meets every way of writing it."""
+    out = []
+    for index, char in enumerate(text):
+        code = ord(char)
+        if code > 0xFFFF:  # as its two halves
+            out.append(f"\\u{0xD800 + ((code - 0x10000) >> 10):04x}")
+            out.append(f"\\u{0xDC00 + ((code - 0x10000) & 0x3FF):04x}")
+        elif (escapes[index % len(escapes)] if escapes else False) or 0xD800 <= code <= 0xDFFF:
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(json.dumps(char, ensure_ascii=False)[1:-1])
+    return '"' + "".join(out) + '"'
+
+
+def expected_step(key: str) -> str:
+    plain = re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key)
+    return f".{key}" if plain else f"[{json.dumps(key)}]"
+
+
+@st.composite
+def bodies_with_a_value_msgspec_cannot_hold(draw: st.DrawFn) -> tuple[bytes, str, str]:
+    """A body with one value msgspec cannot hold at a generated place (among good values, its
+    keys escaped at random), the path to it and its kind."""
+    escapes = draw(st.lists(st.booleans(), max_size=5))
+    surrogate = chr(draw(st.integers(0xD800, 0xDFFF)))
+    kind, bad = draw(
+        st.sampled_from(
+            [
+                ("number_too_large", "1e400"),
+                ("number_too_large", "-2.5E+999"),
+                ("number_too_large", "7" * 4301),
+                ("lone_surrogate", "string"),
+                ("lone_surrogate", "key"),
+            ]
+        )
+    )
+    before, after = draw(SAFE_TEXT), draw(SAFE_TEXT)
+    steps = draw(st.lists(st.tuples(KEYS, st.integers(0, 2), st.booleans()), max_size=6))
+    path = "$" + "".join(
+        expected_step(key) if in_object else f"[{siblings}]" for key, siblings, in_object in steps
+    )
+    if bad == "string":
+        text = written(before + surrogate + after, escapes)
+    elif bad == "key":
+        key = before + surrogate + after
+        text = "{" + written(key, escapes) + ": 1}"
+        path += f"[{json.dumps(key)}]"
+    else:
+        text = bad
+    for key, siblings, in_object in reversed(steps):
+        others = [json.dumps(draw(GOOD_VALUES)) for _ in range(siblings)]
+        if in_object:
+            pairs = [f"{json.dumps(f'o{n}')}: {value}" for n, value in enumerate(others)]
+            text = "{" + ", ".join([*pairs, f"{written(key, escapes)}: {text}"]) + "}"
+        else:
+            text = "[" + ", ".join([*others, text]) + "]"
+    return text.encode(), path, kind
+
+
+@settings(max_examples=300, deadline=None)
+@given(bodies_with_a_value_msgspec_cannot_hold())
+def test_a_value_msgspec_cannot_hold_is_told_at_its_generated_place(
+    case: tuple[bytes, str, str],
+) -> None:
+    """A lone surrogate (in a string or a key) or a number too large, anywhere among good
+    values, its keys written with and without escapes: every reader answers 400
+    UNSUPPORTED_JSON_VALUE with its kind and exactly its path."""
+    body, path, kind = case
+    for got in every_read_refusal(body):
+        assert got.code == "UNSUPPORTED_JSON_VALUE", (body, got.message)
+        assert (got.extra["problem"], got.extra["path"]) == (kind, path), body
 
 
 @settings(deadline=None, max_examples=300)

@@ -89,7 +89,12 @@ def test_token_names_that_are_accepted(name: str) -> None:
     assert NAME_RE.match(name)
 
 
-@pytest.mark.parametrize("name", ["", "-x", "a b", "x" * 65, "alice\n", "ä"])
+@pytest.mark.parametrize(
+    "name",
+    ["", "-x", "a b", "x" * 65, "alice\n", "ä", "a\x00b", "ci\x1b[31m", "a\u202eb", "a\u2066b"],
+)
 def test_token_names_that_are_refused(name: str) -> None:
-    """A name with spaces, a line break or over 64 characters is refused (it names who did what)."""
+    """A name with spaces, a line break, a control character, a bidirectional override or
+    isolate (it is shown as who requested a job or batch, and would turn the text after it
+    around) or over 64 characters is refused (it names who did what)."""
     assert not NAME_RE.match(name)

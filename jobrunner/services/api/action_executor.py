@@ -21,7 +21,7 @@ from typing import Any, NoReturn
 import msgspec
 import nats.errors
 
-from jobrunner.common import endings, eventstore
+from jobrunner.common import bidicontrols, endings, eventstore
 from jobrunner.common.jobtypes import JobType, ParameterError, parameters_it_takes
 from jobrunner.common.slots import SlotValue, slot_key
 from jobrunner.contracts import events
@@ -81,28 +81,21 @@ async def event_store_answers() -> AsyncIterator[None]:
 
 def decode_options(body: bytes) -> ActionOptions:
     """The optional JSON body of an action: empty means no options."""
-    skipped = jsonbody.bom_length(body)
-    unmarked = body[skipped:]
-    if not unmarked.strip():
+    if not jsonbody.without_utf8_bom(body).strip():
         return ActionOptions()
-    try:
-        return msgspec.json.decode(unmarked, type=ActionOptions)
-    except msgspec.ValidationError as exc:  # before DecodeError: it is one
-        jsonbody.decode_any(body)  # a body that is no JSON at all is MALFORMED_JSON
-        raise options_refused(str(exc)) from None
-    except msgspec.DecodeError:
-        raise jsonbody.not_json(unmarked, skipped=skipped) from None
-    except RecursionError:
-        raise jsonbody.not_json(unmarked, nested=True) from None
+    return jsonbody.decode_as(body, ActionOptions, options_refused)
 
 
 # What each option must be: msgspec's own words name the pattern ("Expected `str` matching
 # regex '^[^\\x00-...'"), which tells a person nothing.
 _OPTION_RULES = {
-    "reason": f"a reason is 1 to {MAX_REASON_CHARS} characters without control characters",
+    "reason": (
+        f"a reason is 1 to {MAX_REASON_CHARS} characters without control characters or "
+        f"{bidicontrols.NAMED}"
+    ),
     "job_ids": (
         f"job_ids is a list of at most {MAX_JOB_IDS} job ids, each 1 to {MAX_JOB_ID_CHARS} "
-        "characters without control characters"
+        f"characters without control characters or {bidicontrols.NAMED}"
     ),
 }
 # The option, and which of its items when msgspec names one (`$.job_ids[3]`).

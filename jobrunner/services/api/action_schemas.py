@@ -7,14 +7,17 @@ from typing import Annotated
 
 import msgspec
 
+from jobrunner.common import bidicontrols
 from jobrunner.services.api.schemas import ExternalCallback
 
 MAX_REASON_CHARS = 2000
 MAX_JOB_IDS = 10_000
 MAX_JOB_ID_CHARS = 200
 
-# No control characters, to the very end: ``$`` would let a final line break through.
-_NO_CONTROL = r"^[^\x00-\x1f\x7f-\x9f]*\Z"
+# No control characters, to the very end: ``$`` would let a final line break through. No
+# bidirectional overrides either: a reason is shown on the batch's page, and one would turn the
+# text after it around ("stop <U+202E> now" reads "stop won").
+_NO_CONTROL = r"^[^\x00-\x1f\x7f-\x9f" + bidicontrols.CLASS + r"]*\Z"
 
 Reason = Annotated[
     str, msgspec.Meta(min_length=1, max_length=MAX_REASON_CHARS, pattern=_NO_CONTROL)

@@ -14,6 +14,7 @@ from typing import Any
 
 import msgspec
 
+from jobrunner.common import bidicontrols
 from jobrunner.common.jobtypes import JobType, ParameterError
 from jobrunner.contracts import events
 from jobrunner.services.api import schemas
@@ -125,6 +126,13 @@ def _name_problem(name: Any) -> tuple[str, str] | None:
         return "INVALID_LENGTH", f"batch_name must be 1 to {MAX_NAME_CHARS} characters long."
     if _CONTROL.search(name):
         return "INVALID_CHARACTER", "batch_name must not contain control characters."
+    if (bidi := bidicontrols.first_in(name)) is not None:
+        # Shown on /batches and in every job's row, it would turn the text after it around.
+        return (
+            "INVALID_CHARACTER",
+            f"batch_name must not contain {bidicontrols.NAMED}: it holds {bidi}, which makes "
+            "the name read as other text.",
+        )
     return None
 
 

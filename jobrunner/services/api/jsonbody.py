@@ -4,8 +4,12 @@
 the route's own ``422`` when it is JSON of the wrong shape. msgspec checks the shape while it
 parses, so a body that breaks off after an unknown field is first reported as a shape error:
 such a body is parsed once more, without a type, to tell the two apart (only on that error).
-A number no float holds (``1e999``) is not JSON here either: msgspec cannot read it (a batch's
-untyped body always answered so). ``400 BODY_NOT_UTF8`` when the body is not UTF-8 (JSON written
+JSON that msgspec cannot hold (a number no float holds, ``1e999``; an integer of more than
+4,300 digits; a lone surrogate escape, ``"\\ud800"``) is ``400 UNSUPPORTED_JSON_VALUE`` naming
+the place (``jsonscan``), in a body of at most :data:`MAX_DIAGNOSED_BYTES`: the second reading
+runs on the event loop, so a larger one (a batch) is only "not valid JSON". A key given twice in
+one object is not refused: the last one wins (``jsonscan`` says why).
+``400 BODY_NOT_UTF8`` when the body is not UTF-8 (JSON written
 in Latin-1 or UTF-16 by a Windows tool): "not valid JSON" sent its sender looking for a syntax
 error in JSON that has none. Checked only once msgspec has refused the body: a good body pays
 nothing.
@@ -21,14 +25,20 @@ send its sender looking for an encoding problem it does not have.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import msgspec
 import msgspec.inspect
 
+from jobrunner.services.api import jsonscan
 from jobrunner.services.api.errors import ApiError
 
 T = TypeVar("T")
+
+# The largest body read a second time to name a value msgspec cannot hold (every body but a
+# batch's is at most this large).
+MAX_DIAGNOSED_BYTES = 1024 * 1024
 
 UTF8_BOM = b"\xef\xbb\xbf"
 # Longest first: UTF-32LE's mark begins with UTF-16LE's.
@@ -85,8 +95,10 @@ def malformed(nested: bool = False) -> ApiError:
 
 def not_json(body: bytes, nested: bool = False, skipped: int = 0) -> ApiError:
     """The 400 for a ``body`` msgspec refused: BODY_NOT_UTF8 when it is not UTF-8 at all (its
-    JSON may be fine), else MALFORMED_JSON. ``skipped``: how many bytes the client sent before
-    ``body`` (a UTF-8 byte order mark), so that the byte named is counted as the client counts."""
+    JSON may be fine); UNSUPPORTED_JSON_VALUE for JSON (of at most MAX_DIAGNOSED_BYTES) that
+    holds a value msgspec cannot (``jsonscan``), naming it and its place; else MALFORMED_JSON.
+    ``skipped``: how many bytes the client sent before ``body`` (a UTF-8 byte order mark), so
+    that the byte named is counted as the client counts."""
     wide = wide_encoding(body)
     if wide is not None:
         return ApiError(
@@ -97,7 +109,7 @@ def not_json(body: bytes, nested: bool = False, skipped: int = 0) -> ApiError:
             encoding=wide,
         )
     try:
-        body.decode()
+        text = body.decode()
     except UnicodeDecodeError as exc:
         return ApiError(
             400,
@@ -107,19 +119,42 @@ def not_json(body: bytes, nested: bool = False, skipped: int = 0) -> ApiError:
             "UTF-8; a Latin-1 or Windows-1252 text must be converted first.",
             byte=skipped + exc.start,
         )
-    return malformed(nested)
+    if nested or len(body) > MAX_DIAGNOSED_BYTES:
+        return malformed(nested)
+    problem = jsonscan.first_problem(text)
+    return malformed() if problem is None else unsupported(problem)
+
+
+def unsupported(problem: jsonscan.Problem) -> ApiError:
+    """The 400 for JSON holding a value msgspec cannot (a number too large, a lone surrogate
+    escape)."""
+    return ApiError(
+        400,
+        "UNSUPPORTED_JSON_VALUE",
+        f"The request body is JSON, but {problem.sentence}.",
+        path=problem.path,
+        problem=problem.kind,
+    )
 
 
 def decode(body: bytes, of: type[T], code: str, what: str) -> T:
     """``body`` as ``of``; for JSON that is not one ``422 <code>``, ``what`` and msgspec's
     sentence ("The report is not valid: Expected `int`, got `str` - at `$.progress`.")."""
+    return decode_as(
+        body, of, lambda detail: ApiError(422, code, f"{what}: {detail}{choices_hint(of, detail)}.")
+    )
+
+
+def decode_as(body: bytes, of: type[T], wrong_shape: Callable[[str], ApiError]) -> T:
+    """``body`` as ``of``, every route's one way to read JSON: the 400s of ``not_json``, and
+    ``wrong_shape(msgspec's sentence)`` for JSON that is not an ``of``."""
     skipped = bom_length(body)
     unmarked = body[skipped:]
     try:
         return msgspec.json.decode(unmarked, type=of)
     except msgspec.ValidationError as exc:  # before DecodeError: it is one
-        decode_any(body)  # raises MALFORMED_JSON (or BODY_NOT_UTF8) for a body that is no JSON
-        raise ApiError(422, code, f"{what}: {exc}{choices_hint(of, str(exc))}.") from None
+        decode_any(body)  # raises the 400 for a body that is no JSON msgspec can read
+        raise wrong_shape(str(exc)) from None
     except msgspec.DecodeError:
         raise not_json(unmarked, skipped=skipped) from None
     except RecursionError:  # msgspec's error for JSON nested deeper than it can decode

@@ -205,7 +205,10 @@ class Sender:
                     "POST",
                     target,
                     content=body,
-                    headers={**headers, "User-Agent": USER_AGENT},
+                    # httpx says keep-alive by default; this client never keeps a connection
+                    # (see the module docstring), and a receiver told so closes it at once
+                    # instead of holding the socket open until the notifier closes it.
+                    headers={**headers, "User-Agent": USER_AGENT, "Connection": "close"},
                     extensions={"sni_hostname": host, "trace": connected},
                 ) as response:
                     code, message, retryable = _classify(response.status_code)

@@ -77,8 +77,10 @@ def in_schema_order(job: schemas.Job, job_type: JobType | None) -> list[tuple[st
     return [(n, job.parameters[n]) for n in names]
 
 
-def parameter_summary(job: schemas.Job, job_type: JobType | None, t: Any) -> str:
-    """Parameters in one short line: ``PLZ-Filter: 4, Confidence-Level: none,low``."""
+def parameter_summary(job: schemas.Job, job_type: JobType | None, t: Any) -> list[tuple[str, str]]:
+    """Parameters for one short line, label and value: ``PLZ-Filter: 4, Confidence-Level:
+    none,low`` (the template isolates each value: a bidirectional override in one would turn
+    the rest of the line around)."""
     parts = []
     for name, value in in_schema_order(job, job_type):
         if value in ("", None, []):
@@ -89,8 +91,8 @@ def parameter_summary(job: schemas.Job, job_type: JobType | None, t: Any) -> str
             value = t(f"bool.{str(value).lower()}")
         elif isinstance(value, list):
             value = ",".join(str(v) for v in value)
-        parts.append(f"{label}: {value}")
-    return ", ".join(parts)
+        parts.append((label, str(value)))
+    return parts
 
 
 def parameter_rows(job: schemas.Job, job_type: JobType | None, t: Any) -> list[tuple[str, str]]:

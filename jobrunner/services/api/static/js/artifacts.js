@@ -46,6 +46,7 @@ export async function refreshArtifacts(section) {
     link.href = item.url;
     link.download = "";
     link.textContent = item.name;
+    link.dir = "auto"; // a tool's name, isolated: it cannot reorder the text around it
     link.setAttribute("aria-label", t("artifacts.download", { name: item.name }));
     name.append(link);
     const size = document.createElement("td");

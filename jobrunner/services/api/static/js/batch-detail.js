@@ -1,6 +1,6 @@
 // /batches/{id}: the aggregates (live from batch_update), the jobs of the batch page by page
 // (a button and scrolling both load the next page), and the actions, each confirmed first.
-import { t, announce, formatNumber, formatDateTime, formatDuration, writeHeaders } from "./text.js";
+import { t, announce, isolated, withoutBidiControls, formatNumber, formatDateTime, formatDuration, writeHeaders } from "./text.js";
 import { drawBatch } from "./batchview.js";
 import { statusBadge } from "./widgets.js";
 import { confirmAction, problemOf } from "./confirm.js";
@@ -38,7 +38,7 @@ function drawFacts(batch) {
   // Only a batch still going can be failed (the API answers 409 BATCH_FINISHED otherwise).
   card.querySelector('[data-batch-action="fail"]').hidden = !["pending", "running"].includes(batch.status);
   drawBatch(card, batch);
-  document.title = `${batch.name || batch.id} · ${t("app.title")}`;
+  document.title = `${isolated(batch.name || batch.id)} · ${t("app.title")}`;
 }
 
 function jobRow(job) {
@@ -165,8 +165,9 @@ function setUpActions() {
       text: t(`batch.confirm.${action}_text`),
       reason: ACTIONS[action].reason,
       run: async (typed) => {
-        // The API takes a reason of one line without control characters.
-        const reason = typed.replace(/[\x00-\x1f\x7f-\x9f]+/g, " ").trim();
+        // The API takes a reason of one line without control characters or bidirectional
+        // overrides (a pasted text may hold them): dropped here, not refused there.
+        const reason = withoutBidiControls(typed).replace(/[\x00-\x1f\x7f-\x9f]+/g, " ").trim();
         const response = await fetch(`/api/batches/${encodeURIComponent(batchId)}/${action}`, {
           method: "POST",
           credentials: "same-origin",
@@ -209,7 +210,7 @@ export function initBatchDetailPage() {
     pendingShown = event.detail.pending_jobs ?? 0;
     drawFacts(event.detail);
     if (before !== event.detail.status) {
-      announce(t("batch.live", { name: event.detail.name || batchId, status: t(`status.${event.detail.status}`) }));
+      announce(t("batch.live", { name: isolated(event.detail.name || batchId), status: t(`status.${event.detail.status}`) }));
     }
   });
   // A job of this batch shown in the table: its status badge follows the job's stream.

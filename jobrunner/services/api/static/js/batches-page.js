@@ -1,6 +1,6 @@
 // /batches (seed 003's job center): every batch with status, progress and counters, filtered
 // through GET /api/batches, paged by its cursor, patched live by batch_update events.
-import { t, announce, formatNumber, formatRelativeDay, formatDateTime } from "./text.js";
+import { t, announce, isolated, formatNumber, formatRelativeDay, formatDateTime } from "./text.js";
 import { drawBatch } from "./batchview.js";
 import { setUpNewBatch } from "./newbatch.js";
 
@@ -135,7 +135,7 @@ export function initBatchesPage() {
     const before = { status: row.dataset.status, archived: row.dataset.archived };
     fillRow(row, batch);
     if (before.status !== batch.status) {
-      announce(t("batch.live", { name: batch.name || batch.id, status: t(`status.${batch.status}`) }));
+      announce(t("batch.live", { name: isolated(batch.name || batch.id), status: t(`status.${batch.status}`) }));
     }
     // It may no longer match the filters.
     if (filtered && (before.status !== row.dataset.status || before.archived !== row.dataset.archived)) reload(300);

@@ -21,6 +21,7 @@ export function buildRow(line, row = document.createElement("div")) {
   ts.textContent = lineTime(line);
   const text = document.createElement("span");
   text.className = "txt";
+  text.dir = "auto"; // the tool's text, isolated: a bidirectional override in it stops at its end
   renderAnsi(text, line.text ?? "");
   row.append(ts, text);
   return row;

@@ -1,7 +1,7 @@
 // "Neuer Batch": jobs composed with the New job dialog's fields or imported from a file of
 // parameter rows; every row is checked here first, and a file with a bad row sends nothing.
 // POST /api/batches then starts all of them or none; its INVALID_BATCH errors go to their rows.
-import { t, announce, formatNumber, writeHeaders } from "./text.js";
+import { t, announce, fillIsolated, formatNumber, writeHeaders } from "./text.js";
 import { collectParameters } from "./jobform.js";
 import { checkParameters, rowsOfFile, FileProblem, MAX_FILE_BYTES } from "./paramrows.js";
 
@@ -27,11 +27,14 @@ function sentence(error) {
   return known === `field.${error.code}` ? error.message : `${known}: ${error.message}`;
 }
 
-function summary(jobType, parameters) {
-  if (parameters === null || typeof parameters !== "object") return String(parameters);
-  return Object.entries(parameters)
-    .map(([name, value]) => `${labelOf(jobType, name)}: ${Array.isArray(value) ? value.join(",") : String(value)}`)
-    .join(", ");
+// A row's parameters as parts for fillIsolated: "label: " and each value isolated (a value or a
+// file name from an imported file may hold a bidirectional override).
+function summaryParts(jobType, parameters) {
+  if (parameters === null || typeof parameters !== "object") return [{ value: String(parameters) }];
+  return Object.entries(parameters).flatMap(([name, value], index) => [
+    `${index ? ", " : ""}${labelOf(jobType, name)}: `,
+    { value: Array.isArray(value) ? value.join(",") : String(value) },
+  ]);
 }
 
 export function setUpNewBatch({ onStarted }) {
@@ -45,7 +48,7 @@ export function setUpNewBatch({ onStarted }) {
   const importStatus = document.getElementById("batch-import-status");
   const nameInput = document.getElementById("batch-name");
   const nameError = document.getElementById("batch-name-error");
-  let entries = []; // {jobType, parameters, errors, source}
+  let entries = []; // {jobType, parameters, errors, source: {file, row} of an imported one}
   let idempotencyKey = newKey();
 
   function loadFields() {
@@ -82,8 +85,9 @@ export function setUpNewBatch({ onStarted }) {
       row.dataset.index = String(index);
       row.querySelector("[data-row]").textContent = formatNumber(index + 1);
       row.querySelector("[data-type]").textContent = entry.jobType;
-      const where = entry.source ? ` (${entry.source})` : "";
-      row.querySelector("[data-summary]").textContent = `${summary(entry.jobType, entry.parameters) || t("job.no_parameters")}${where}`;
+      const parts = summaryParts(entry.jobType, entry.parameters);
+      const where = entry.source ? [" (", { value: entry.source.file }, `, ${t("newbatch.row")} ${entry.source.row})`] : [];
+      fillIsolated(row.querySelector("[data-summary]"), [...(parts.length ? parts : [t("job.no_parameters")]), ...where]);
       const list = row.querySelector("[data-row-errors]");
       for (const error of entry.errors) {
         const item = document.createElement("li");
@@ -144,7 +148,7 @@ export function setUpNewBatch({ onStarted }) {
     const jobType = chosenType();
     if (!jobType || !file) return;
     if (file.size > MAX_FILE_BYTES) {
-      importStatus.textContent = `${t("newbatch.unreadable")}: ${file.name} > ${formatNumber(MAX_FILE_BYTES / 1024 / 1024)} MiB`;
+      fillIsolated(importStatus, [`${t("newbatch.unreadable")}: `, { value: file.name }, ` > ${formatNumber(MAX_FILE_BYTES / 1024 / 1024)} MiB`]);
       return;
     }
     let rows;
@@ -152,12 +156,11 @@ export function setUpNewBatch({ onStarted }) {
       rows = rowsOfFile(file.name, await file.text(), jobType, schemas[jobType] ?? {});
     } catch (error) {
       const reason = error instanceof FileProblem ? error.message : String(error);
-      importStatus.textContent = `${t("newbatch.unreadable")}: ${file.name} ${reason}`;
+      fillIsolated(importStatus, [`${t("newbatch.unreadable")}: `, { value: file.name }, ` ${reason}`]);
       return;
     }
-    const sourceWord = t("newbatch.row");
     for (const row of rows) {
-      entries.push({ jobType, parameters: row.parameters, errors: row.errors, source: `${file.name}, ${sourceWord} ${row.source}` });
+      entries.push({ jobType, parameters: row.parameters, errors: row.errors, source: { file: file.name, row: row.source } });
     }
     render();
     const bad = rows.filter((r) => r.errors.length).length;

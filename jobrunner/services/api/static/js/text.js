@@ -73,6 +73,31 @@ export function tickClocks(root = document) {
 }
 
 let announceTimer = 0;
+// A name a user or a tool gave, inside plain text no element can isolate (the page's title, an
+// announcement): its own bidirectional controls dropped, then wrapped in FIRST STRONG ISOLATE ...
+// POP DIRECTIONAL ISOLATE, so it cannot turn the text after it around.
+const BIDI_CONTROLS = /[\u202a-\u202e\u2066-\u2069]/g;
+export function isolated(text) {
+  return `\u2068${withoutBidiControls(text)}\u2069`;
+}
+
+// ``text`` without the bidirectional embeddings, overrides and isolates the API refuses in names
+// and reasons (U+202A-U+202E, U+2066-U+2069).
+export function withoutBidiControls(text) {
+  return String(text).replace(BIDI_CONTROLS, "");
+}
+
+// ``parts`` (strings, and {value} for text a user or a tool gave) into ``element``: each value
+// in a <bdi>, so an override in it cannot turn the text after it around.
+export function fillIsolated(element, parts) {
+  element.replaceChildren(...parts.map((part) => {
+    if (typeof part === "string") return part;
+    const bdi = document.createElement("bdi");
+    bdi.textContent = part.value;
+    return bdi;
+  }));
+}
+
 // Polite announcements for screen readers (finishes, starts), never one per log line.
 export function announce(message) {
   const region = document.getElementById("announcer");

@@ -1,0 +1,166 @@
+"""Names and text a tool or a user gave, stored before bidirectional overrides were refused (or
+in a tool's output, which keeps them): the web UI shows each isolated (``<bdi>``, ``dir=auto``),
+so an override in it stops at its end and cannot reorder the page's text around it. Checked in
+real Chromium on the pages that show them."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import msgspec
+import pytest
+from playwright.async_api import Browser, Page, expect
+
+from jobrunner.common.settings import Settings
+from jobrunner.contracts import events
+from jobrunner.contracts.events import JobStatus
+from tests.batch_support import batch_events
+from tests.browser import open_page
+from tests.history_support import job_events, publish, wait_projected
+from tests.system import System
+from tests.tools.job_type_files import TEST_TYPES
+
+pytestmark = pytest.mark.browser
+
+BATCH_NAME = "b\u202eidi"  # listed as "bidi" (its own text reversed) before
+REASON = "stop \u202e now"
+ARTIFACT = "invoice\u202efdp.exe"  # read "invoiceexe.pdf" before
+LINE = "wrote \u202eevil.txt"
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    return msgspec.structs.replace(settings, job_types_file=TEST_TYPES)
+
+
+@pytest.fixture
+async def page(browser: Browser, projector_and_api: System) -> AsyncIterator[Page]:
+    """A page on a system without a runner: the jobs published here keep their status."""
+    opened = await open_page(browser, projector_and_api)
+    yield opened
+    errors = opened.script_errors  # type: ignore[attr-defined]
+    await opened.context.close()
+    assert not errors, errors
+
+
+async def isolation_of(page: Page, selector: str, text: str) -> str:
+    """The ``unicode-bidi`` Chromium computes for the text matching ``selector`` and ``text``
+    within its line: the first inline element from it up to its block that is not ``normal``,
+    else ``normal`` (a block isolates its lines anyway, but not one part of a line from the
+    rest: a name followed by other text in the same line needs an inline isolate)."""
+    return str(
+        await page.locator(selector)
+        .filter(has_text=text)
+        .first.evaluate(
+            """element => {
+                for (let at = element; at; at = at.parentElement) {
+                    const style = getComputedStyle(at);
+                    if (!style.display.startsWith("inline")) return "normal";
+                    if (style.unicodeBidi !== "normal") return style.unicodeBidi;
+                }
+                return "normal";
+            }"""
+        )
+    )
+
+
+async def test_old_batch_names_and_reasons_are_shown_isolated(
+    page: Page, projector_and_api: System, settings: Settings
+) -> None:
+    """A batch named ``b<U+202E>idi`` and failed with ``stop <U+202E> now`` (stored before the
+    refusal): on /batches and on its page both are isolated."""
+    stream: list[events.Publishable] = [*batch_events("old", 1, name=BATCH_NAME)]
+    stream.append(events.BatchFailed(batch_id="old", reason=REASON))
+    await wait_projected(settings, await publish(settings, stream))
+
+    await page.goto("/batches")
+    assert await isolation_of(page, "[data-batch-link]", BATCH_NAME) == "isolate"
+    await page.goto("/batches/old")
+    # The name and the reason are each a block of their own there (nothing else in their line),
+    # which Chromium isolates; they are marked dir=auto all the same.
+    for field, shown in (("name", BATCH_NAME), ("failed_reason", REASON)):
+        cell = page.locator(f'[data-field="{field}"]')
+        assert (await cell.text_content(), await cell.get_attribute("dir")) == (shown, "auto")
+    # The page's title is plain text: the name's own override dropped, the name isolated.
+    await expect(page).to_have_title("\u2068bidi\u2069 · Jobrunner")
+
+
+async def test_each_parameter_value_in_a_running_jobs_summary_is_isolated(
+    page: Page, projector_and_api: System, settings: Settings
+) -> None:
+    """An active job's one-line summary ``query: x<U+202E>, zlimit: 5``: the value is isolated,
+    so ", zlimit: 5" after it is not turned around (before: one plain text line)."""
+    stream = job_events(
+        "active", "emit", status=JobStatus.RUNNING, parameters={"query": "x\u202e", "zlimit": 5}
+    )
+    await wait_projected(settings, await publish(settings, stream))
+
+    await page.goto("/jobs")
+    summary = page.locator("[data-summary]").filter(has_text="zlimit")
+    assert await isolation_of(page, "[data-summary] bdi", "x\u202e") == "isolate"
+    # Where Chromium draws them (the text's logical order would not change): "z", ":" and the
+    # next value "5" left to right, all to the right of the first value's box.
+    value_right, z, colon, five = await summary.evaluate(
+        """summary => {
+            const [value, next] = summary.querySelectorAll("bdi");
+            const after = value.nextSibling;  // the text ", zlimit: "
+            const left = at => {
+                const range = document.createRange();
+                range.setStart(after, at);
+                range.setEnd(after, at + 1);
+                return range.getClientRects()[0].left;
+            };
+            return [
+                value.getBoundingClientRect().right,
+                left(after.data.indexOf("z")),
+                left(after.data.indexOf(":")),
+                next.getBoundingClientRect().left,
+            ];
+        }"""
+    )
+    assert value_right <= z < colon < five, (value_right, z, colon, five)
+
+
+async def test_old_artifact_names_and_tool_lines_are_shown_isolated(
+    page: Page, projector_and_api: System, settings: Settings
+) -> None:
+    """A job with an artifact ``invoice<U+202E>fdp.exe`` (stored before the refusal) and a log
+    line holding an override: on the job page the name's link and the line's text are isolated."""
+    stream: list[events.Publishable] = [
+        *job_events("spoof", "emit", status=JobStatus.COMPLETED, lines=[LINE])
+    ]
+    stream.insert(
+        -1,
+        events.ArtifactStored(
+            job_id="spoof",
+            name=ARTIFACT,
+            size=2,
+            sha256=hashlib.sha256(b"MZ").hexdigest(),
+            object_name=f"spoof/{ARTIFACT}",
+        ),
+    )
+    await wait_projected(settings, await publish(settings, stream))
+
+    await page.goto("/jobs/spoof")
+    assert await isolation_of(page, "#artifacts a", ARTIFACT) == "isolate"
+    assert await isolation_of(page, ".log-row .txt", LINE) == "isolate"
+
+
+async def test_an_imported_files_name_and_values_are_shown_isolated(
+    page: Page, tmp_path: Path
+) -> None:
+    """Rows imported from ``r<U+202E>ows.csv`` with an override in a value: in the new batch's
+    preview the file's name and each value are isolated (before: one plain line of text)."""
+    await page.goto("/jobs?lang=en")
+    await page.get_by_role("button", name="New batch").click()
+    await expect(page.locator('#batch-job-params [data-job-type="emit"]')).to_be_attached()
+    rows_file = tmp_path / "r\u202eows.csv"
+    rows_file.write_text("lines;interval\n1;0\u202e\n")
+    await page.get_by_label("Import a file (CSV or JSON)").set_input_files(str(rows_file))
+    summary = page.locator("#batch-list-body [data-summary]")
+    await expect(summary).to_have_count(1)
+    assert await summary.locator("bdi").all_text_contents() == ["1", "0\u202e", rows_file.name]
+    assert await isolation_of(page, "[data-summary] bdi", rows_file.name) == "isolate"
+    assert await isolation_of(page, "[data-summary] bdi", "0\u202e") == "isolate"
