@@ -313,3 +313,54 @@ async def test_a_message_get_without_jetstream_is_an_error_worth_retrying(
             assert retry.is_transient(raised.value)
     finally:
         await nc.close()
+
+
+async def test_a_reader_that_does_not_take_holds_the_server_back_and_loses_nothing(
+    settings: Settings, js: JetStreamContext
+) -> None:
+    """A reader whose viewers stopped taking (its batch full) makes the server wait for the
+    flow-control reply: its messages stay in JetStream, not in nats-py's queue, which would drop
+    what passes its byte limit (a "slow consumer"), and every message still arrives, once, in
+    order. (Before: nats-py answered each flow-control request as it came, counting a message
+    as delivered when it arrived, so a flood of line batches ran into the queue's limit and the
+    SSE viewers of the busy job lost whole batches of lines.)"""
+    names = Names(settings.prefix)
+    count, size = 900, 100_000  # 90 MB: more than the queue's 64 MiB
+    await publish(js, [names.job_kind_subject("a", "lines")] * count, size=size)
+    async with ordered_reader(
+        js, names.stream, names.all_subjects, max_buffered_bytes=64 * 1024
+    ) as reader:
+        assert reader.sub is not None
+        # Wait until the server stops sending (it waits for flow control) or sent everything.
+        last, still = -1, 0
+        async with asyncio.timeout(60):
+            while still < 10:
+                info = await reader.sub.consumer_info()
+                sent = info.delivered.stream_seq if info.delivered else 0
+                still = still + 1 if sent == last else 0
+                last = sent
+                await asyncio.sleep(0.1)
+        queued = reader.sub._sub._pending_size
+        batches = await read_all(reader, count)
+    assert [seq for batch in batches for seq in batch] == list(range(1, count + 1))
+    assert last < count, "the server sent everything at once: flow control did not hold it"
+    assert queued < 64 * 1024 * 1024
+
+
+async def test_messages_nats_py_drops_from_its_queue_are_read_again(
+    settings: Settings, js: JetStreamContext
+) -> None:
+    """Should nats-py still drop messages past its queue's byte limit (here made small: 1 MB,
+    where the server's first flow-control window is about 2 MB), the reader notices the hole in
+    the consumer's sequence and reads again after the last message it kept: every message
+    arrives once, in order."""
+    names = Names(settings.prefix)
+    count, size = 300, 100_000
+    await publish(js, [names.job_kind_subject("a", "lines")] * count, size=size)
+    async with ordered_reader(
+        js, names.stream, names.all_subjects, max_buffered_bytes=64 * 1024
+    ) as reader:
+        assert reader.sub is not None
+        reader.sub._sub._pending_bytes_limit = 1_000_000
+        batches = await read_all(reader, count)
+    assert [seq for batch in batches for seq in batch] == list(range(1, count + 1))

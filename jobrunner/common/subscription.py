@@ -77,6 +77,11 @@ class OrderedReader:
         self._last: Msg | None = None  # the last message put in the batch
         self._reopening: asyncio.Future[None] | None = None  # ``reopen_if_gone_soon``'s task
         self._reconnected = asyncio.Event()  # cuts its wait before trying again short
+        # The consumer sequence the next message should have, to notice one nats-py dropped.
+        self._next_delivery: int | None = None
+        # nats-py dropped a message: the rest of this subscription's are dropped here too, and
+        # the reader opens again after the last one it kept.
+        self._dropped = False
         # Called after each message's arrival, in nats-py's delivery task: it may ``take`` the
         # batch there and then (True), a turn of the event loop before the reader's own task
         # would have it; else (False) the reader's task is woken as usual.
@@ -85,6 +90,8 @@ class OrderedReader:
     async def _on_message(self, msg: Msg) -> None:
         # Runs in nats-py's delivery task: waiting here is what holds the server back.
         await self._drained.wait()
+        if self._dropped or self._lost_one_before(msg):
+            return
         self._batch.append(msg)
         self._last = msg
         self._bytes += len(msg.data)
@@ -92,6 +99,25 @@ class OrderedReader:
             self._drained.clear()
         if self.on_arrival is None or not self.on_arrival():
             self._arrived.set()
+
+    def _lost_one_before(self, msg: Msg) -> bool:
+        """Did nats-py drop a message before ``msg`` (its queue over its limit: "slow
+        consumer")? Its ordered consumer counts a dropped one as received and never asks for it
+        again; the consumer sequence shows the hole. Then the reader opens again after the last
+        message it kept (``reopen_if_gone_soon``), and nothing is skipped."""
+        delivery = consumer_sequence(msg)
+        # 1: a new consumer (nats-py made it again after a gap of its own, or ``_reopen``).
+        if delivery == 1 or self._next_delivery in (None, delivery):
+            self._next_delivery = delivery + 1
+            return False
+        structlog.get_logger().warning(
+            "ordered reader lost messages in nats-py: reading them again",
+            expected=self._next_delivery,
+            got=delivery,
+        )
+        self._dropped = True
+        self.reopen_if_gone_soon(_request_turns())
+        return True
 
     async def _open(self, config: api.ConsumerConfig) -> None:
         """Subscribe to ``config``'s deliver subject, then create its consumer (``config`` from
@@ -110,6 +136,7 @@ class OrderedReader:
             # Enough room for the server's flow-control window; the callback bounds the rest.
             pending_bytes_limit=max(4 * self._max_bytes, 64 * 1024 * 1024),
         )
+        answer_flow_control_once_taken(sub)
         if self._closed:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
@@ -154,9 +181,12 @@ class OrderedReader:
                 self._reconnected.clear()  # a reconnect from now on: no wait after a failure
                 try:
                     async with turns:
-                        if not self._closed and not await self._consumer_exists():
+                        if not self._closed and (
+                            self._dropped or not await self._consumer_exists()
+                        ):
                             await self._reopen()
-                    return
+                    if not self._dropped or self._closed:
+                        return
                 except Exception as exc:
                     # NATS away again, its JetStream not ready yet, the stream's consumer
                     # limit reached: tried again, else the reader would get nothing until
@@ -196,6 +226,8 @@ class OrderedReader:
         assert self.sub is not None
         with contextlib.suppress(Exception):  # dropped already (a failed earlier attempt)
             await self.sub.unsubscribe()
+        # None of the old subscription's messages comes any more: the new one's are kept.
+        self._dropped, self._next_delivery = False, None
         if self._closed:
             return
         if self._last is None:
@@ -263,6 +295,35 @@ class OrderedReader:
         info = await self.sub.consumer_info()
         delivered = info.delivered.consumer_seq if info.delivered else 0
         return (info.num_pending or 0) + (delivered or 0)
+
+
+def answer_flow_control_once_taken(sub: JetStreamContext.PushSubscription) -> None:
+    """Make nats-py answer the server's flow-control requests of ``sub`` (a subscription with a
+    callback) only once the callback has taken the messages sent before the request.
+
+    nats-py 2.16 counts a callback subscription's messages as delivered when they arrive
+    (``Subscription.delivered`` is its count of arrivals), so it answers every flow-control
+    request at once: the server never waits, and while the callback waits (a reader's batch
+    full: its viewers behind) the messages pile up in nats-py's queue until its byte limit,
+    past which nats-py drops them ("slow consumer"). Its ordered consumer has counted a dropped
+    message as received, so nothing resends it: a job's SSE viewers silently lost whole line
+    batches under a flood. Counted as nats-py counts it for a subscription without a callback
+    (the messages queued, less those still in the queue), the server waits instead, and the
+    messages wait in JetStream."""
+    jsi = sub._sub._jsi
+    assert jsi is not None
+    jsi.get_js_delivered = functools.partial(_taken_from_queue, jsi)
+
+
+def _taken_from_queue(jsi: Any) -> int:
+    return int(jsi._fciseq - jsi._sub._pending_queue.qsize())
+
+
+def consumer_sequence(msg: Msg) -> int:
+    """A JetStream delivery's consumer sequence (1, 2, 3, ... for each consumer), from its reply
+    subject as ``position`` reads it."""
+    tokens = msg.reply.split(".")
+    return int(tokens[(2 if len(tokens) == 9 else 4) + 4])
 
 
 def position(msg: Msg) -> tuple[int, int]:
