@@ -310,8 +310,7 @@ def answer_flow_control_once_taken(sub: JetStreamContext.PushSubscription) -> No
     batches under a flood. Counted as nats-py counts it for a subscription without a callback
     (the messages queued, less those still in the queue), the server waits instead, and the
     messages wait in JetStream."""
-    jsi = sub._sub._jsi
-    assert jsi is not None
+    jsi: Any = sub._sub._jsi  # nats-py's private state, checked by test_natspy_private_state
     jsi.get_js_delivered = functools.partial(_taken_from_queue, jsi)
 
 

@@ -104,6 +104,28 @@ def test_process_msg_counts_an_ordered_message_before_queueing_it() -> None:
     assert source.index("jsi._sseq = sseq") < source.index("sub._pending_queue.put_nowait(msg)")
 
 
+def test_flow_control_is_answered_by_what_get_js_delivered_counts() -> None:
+    """A reader's flow-control answer waits until its callback took the messages sent before
+    the request (``subscription.answer_flow_control_once_taken``): nats-py must ask the
+    instance's ``get_js_delivered`` (set on it, not on the class), count queued messages in
+    ``_fciseq``, and keep them in ``_sub._pending_queue``."""
+    source = inspect.getsource(nats.NATS._process_msg)
+    assert "sub._jsi.get_js_delivered() >= sub._jsi._fciseq" in source
+    assert "schedule_flow_control_response(msg.reply)" in source
+    nc = nats.NATS()
+    js = nc.jetstream()
+    sub = Subscription(nc, 1, "deliver", cb=lambda msg: None)  # type: ignore[arg-type,return-value]
+    push = JetStreamContext.PushSubscription(js, sub, "STREAM", "consumer-name")
+    sub._jsi = JetStreamContext._JSI(js, nc, "STREAM", True, push, sub, api.ConsumerConfig())
+    for reply in ("a", "b", "c"):
+        sub._jsi.track_sequences(reply)
+    sub._pending_queue.put_nowait("waiting")  # type: ignore[arg-type]
+    sub._received = 3  # nats-py's own count: every arrival, taken or not
+    assert sub._jsi.get_js_delivered() == 3
+    subscription.answer_flow_control_once_taken(push)
+    assert sub._jsi.get_js_delivered() == 2
+
+
 # --- a watch made on a start's context, then kept on the connection's (``subscription.keep_on``)
 
 
