@@ -357,10 +357,15 @@ async def test_messages_nats_py_drops_from_its_queue_are_read_again(
     names = Names(settings.prefix)
     count, size = 300, 100_000
     await publish(js, [names.job_kind_subject("a", "lines")] * count, size=size)
+    consumers = (await js.stream_info(names.stream)).state.consumer_count
     async with ordered_reader(
         js, names.stream, names.all_subjects, max_buffered_bytes=64 * 1024
     ) as reader:
         assert reader.sub is not None
         reader.sub._sub._pending_bytes_limit = 1_000_000
         batches = await read_all(reader, count)
+        # The consumers it left for a new one are deleted: one stays, the reader's own.
+        async with asyncio.timeout(10):
+            while (await js.stream_info(names.stream)).state.consumer_count != consumers + 1:  # noqa: ASYNC110 - the server's count: nothing signals it
+                await asyncio.sleep(0.05)
     assert [seq for batch in batches for seq in batch] == list(range(1, count + 1))

@@ -79,9 +79,11 @@ class OrderedReader:
         self._reconnected = asyncio.Event()  # cuts its wait before trying again short
         # The consumer sequence the next message should have, to notice one nats-py dropped.
         self._next_delivery: int | None = None
-        # nats-py dropped a message: the rest of this subscription's are dropped here too, and
-        # the reader opens again after the last one it kept.
+        # nats-py dropped a message: the rest of this subscription's are dropped here too
+        # (``_dropped``), and the reader opens again after the last one it kept, tried until
+        # it has (``_must_reopen``).
         self._dropped = False
+        self._must_reopen = False
         # Called after each message's arrival, in nats-py's delivery task: it may ``take`` the
         # batch there and then (True), a turn of the event loop before the reader's own task
         # would have it; else (False) the reader's task is woken as usual.
@@ -115,7 +117,7 @@ class OrderedReader:
             expected=self._next_delivery,
             got=delivery,
         )
-        self._dropped = True
+        self._dropped = self._must_reopen = True
         self.reopen_if_gone_soon(_request_turns())
         return True
 
@@ -182,10 +184,10 @@ class OrderedReader:
                 try:
                     async with turns:
                         if not self._closed and (
-                            self._dropped or not await self._consumer_exists()
+                            self._must_reopen or not await self._consumer_exists()
                         ):
                             await self._reopen()
-                    if not self._dropped or self._closed:
+                    if not self._must_reopen or self._closed:
                         return
                 except Exception as exc:
                     # NATS away again, its JetStream not ready yet, the stream's consumer
@@ -226,6 +228,9 @@ class OrderedReader:
         assert self.sub is not None
         with contextlib.suppress(Exception):  # dropped already (a failed earlier attempt)
             await self.sub.unsubscribe()
+        if self._must_reopen and self._created:  # still on the server, unlike a lost one
+            _delete_soon(self._js, self._stream, self.sub)
+            self._created = False
         # None of the old subscription's messages comes any more: the new one's are kept.
         self._dropped, self._next_delivery = False, None
         if self._closed:
@@ -235,6 +240,7 @@ class OrderedReader:
         else:
             start = start_config(position(self._last)[0] + 1, None, self._subjects)
         await self._open(ordered_config(self._js, start, self._subjects))
+        self._must_reopen = False
 
     def close(self, stream: str) -> Coroutine[Any, Any, None] | None:
         """Stop delivering and delete the consumer (``_delete_soon``), once: what is left to
