@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 import structlog
 from nats.aio.msg import Msg
-from nats.errors import ConnectionClosedError
+from nats.errors import ConnectionClosedError, SlowConsumerError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext, api
 from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
@@ -77,8 +77,11 @@ class OrderedReader:
         self._last: Msg | None = None  # the last message put in the batch
         self._reopening: asyncio.Future[None] | None = None  # ``reopen_if_gone_soon``'s task
         self._reconnected = asyncio.Event()  # cuts its wait before trying again short
-        # The consumer sequence the next message should have, to notice one nats-py dropped.
-        self._next_delivery: int | None = None
+        # The consumer the last message came from, and the consumer sequence its next one
+        # should have: a hole shows a message nats-py dropped without telling (a new consumer
+        # starts at 1).
+        self._consumer: str | None = None
+        self._next_delivery = 1
         # nats-py dropped a message: the rest of this subscription's are dropped here too
         # (``_dropped``), and the reader opens again after the last one it kept, tried until
         # it has (``_must_reopen``).
@@ -103,23 +106,33 @@ class OrderedReader:
             self._arrived.set()
 
     def _lost_one_before(self, msg: Msg) -> bool:
-        """Did nats-py drop a message before ``msg`` (its queue over its limit: "slow
-        consumer")? Its ordered consumer counts a dropped one as received and never asks for it
-        again; the consumer sequence shows the hole. Then the reader opens again after the last
-        message it kept (``reopen_if_gone_soon``), and nothing is skipped."""
-        delivery = consumer_sequence(msg)
-        # 1: a new consumer (nats-py made it again after a gap of its own, or ``_reopen``).
-        if delivery == 1 or self._next_delivery in (None, delivery):
-            self._next_delivery = delivery + 1
+        """Is there a hole in the consumer's sequence before ``msg``? nats-py reports each
+        message it drops (``lost_messages``); this is the net behind that: a consumer's
+        deliveries are 1, 2, 3, ..., a new one's (nats-py made it again after a gap, or
+        ``_reopen``) from 1."""
+        consumer, delivery = delivered_as(msg)
+        expected = self._next_delivery if consumer == self._consumer else 1
+        if delivery == expected:
+            self._consumer, self._next_delivery = consumer, delivery + 1
             return False
+        self.lost_messages(f"expected delivery {expected} of {consumer}, got {delivery}")
+        return True
+
+    def lost_messages(self, why: str) -> None:
+        """nats-py dropped messages of this reader (its queue over its byte limit: "slow
+        consumer"). Its ordered consumer counts a dropped one as received and never asks for it
+        again, so the reader drops the rest of this subscription's too and opens again after the
+        last message it kept: nothing is skipped. At once when the reader is taking; else (its
+        batch full: its viewers behind) at its next ``take``, since a consumer opened again
+        now would only fill nats-py's queue again meanwhile."""
+        if self._dropped:
+            return
         structlog.get_logger().warning(
-            "ordered reader lost messages in nats-py: reading them again",
-            expected=self._next_delivery,
-            got=delivery,
+            "ordered reader lost messages in nats-py: reading them again", why=why
         )
         self._dropped = self._must_reopen = True
-        self.reopen_if_gone_soon(_request_turns())
-        return True
+        if self._drained.is_set():
+            self.reopen_if_gone_soon(_request_turns())
 
     async def _open(self, config: api.ConsumerConfig) -> None:
         """Subscribe to ``config``'s deliver subject, then create its consumer (``config`` from
@@ -139,6 +152,7 @@ class OrderedReader:
             pending_bytes_limit=max(4 * self._max_bytes, 64 * 1024 * 1024),
         )
         answer_flow_control_once_taken(sub)
+        _readers[sub._sub] = weakref.ref(self)  # before its first message: see ``lost_messages``
         if self._closed:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
@@ -231,16 +245,21 @@ class OrderedReader:
         if self._must_reopen and self._created:  # still on the server, unlike a lost one
             _delete_soon(self._js, self._stream, self.sub)
             self._created = False
-        # None of the old subscription's messages comes any more: the new one's are kept.
-        self._dropped, self._next_delivery = False, None
+        # None of the old subscription's messages comes any more: the new one's are kept. A
+        # drop of the new one's, even while its consumer is made, sets both flags again.
+        self._dropped = self._must_reopen = False
+        self._consumer = None
         if self._closed:
             return
         if self._last is None:
             start = copy.copy(self._start)  # nothing received: from where it started
         else:
             start = start_config(position(self._last)[0] + 1, None, self._subjects)
-        await self._open(ordered_config(self._js, start, self._subjects))
-        self._must_reopen = False
+        try:
+            await self._open(ordered_config(self._js, start, self._subjects))
+        except BaseException:
+            self._must_reopen = True  # ``_reopen_if_gone`` tries again
+            raise
 
     def close(self, stream: str) -> Coroutine[Any, Any, None] | None:
         """Stop delivering and delete the consumer (``_delete_soon``), once: what is left to
@@ -277,6 +296,8 @@ class OrderedReader:
         batch, self._batch, self._bytes = self._batch, [], 0
         self._arrived.clear()
         self._drained.set()
+        if self._must_reopen and self._reopening is None:  # see ``lost_messages``
+            self.reopen_if_gone_soon(_request_turns())
         return batch
 
     async def next_batch(self, timeout: float | None) -> list[Msg]:
@@ -324,22 +345,42 @@ def _taken_from_queue(jsi: Any) -> int:
     return int(jsi._fciseq - jsi._sub._pending_queue.qsize())
 
 
-def consumer_sequence(msg: Msg) -> int:
-    """A JetStream delivery's consumer sequence (1, 2, 3, ... for each consumer), from its reply
-    subject as ``position`` reads it."""
+# Readers by their nats-py subscription, for nats-py's report of the messages it dropped
+# (``lost_messages``); weak both ways, so that neither keeps the other.
+_readers: weakref.WeakKeyDictionary[Any, weakref.ref[OrderedReader]] = weakref.WeakKeyDictionary()
+
+
+def lost_messages(exc: Exception) -> None:
+    """Tell a reader that nats-py dropped messages of its subscription: ``exc`` is an error
+    nats-py hands the connection's error callback (``eventstore.connect`` passes each)."""
+    if isinstance(exc, SlowConsumerError):
+        ref = _readers.get(exc.sub)
+        reader = ref() if ref is not None else None
+        if reader is not None:
+            reader.lost_messages(f"nats-py dropped stream message {exc.reply}")
+
+
+def _reply_fields(msg: Msg) -> list[str]:
+    """A JetStream delivery's reply subject, ``$JS.ACK.<stream>.<consumer>.<delivered>.<stream
+    seq>.<consumer seq>.<time>.<pending>`` (the v2 form adds a domain and an account hash after
+    ``ACK``), from ``<stream>`` on. ``msg.metadata`` gives the same, but builds five objects and
+    a datetime a message: a tenth of the API's CPU while it fans lines out."""
     tokens = msg.reply.split(".")
-    return int(tokens[(2 if len(tokens) == 9 else 4) + 4])
+    return tokens[2:] if len(tokens) == 9 else tokens[4:]
+
+
+def delivered_as(msg: Msg) -> tuple[str, int]:
+    """A JetStream delivery's consumer, and its consumer sequence (1, 2, 3, ... for each
+    consumer)."""
+    fields = _reply_fields(msg)
+    return fields[1], int(fields[4])
 
 
 def position(msg: Msg) -> tuple[int, int]:
     """A JetStream delivery's stream sequence, and how many messages the consumer had pending
-    after it, from its reply subject (``$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.
-    <consumer seq>.<time>.<pending>``; the v2 form adds a domain and an account hash after
-    ``ACK``). ``msg.metadata`` gives the same, but builds five objects and a datetime a message:
-    a tenth of the API's CPU while it fans lines out."""
-    tokens = msg.reply.split(".")
-    base = 2 if len(tokens) == 9 else 4
-    return int(tokens[base + 3]), int(tokens[base + 6])
+    after it."""
+    fields = _reply_fields(msg)
+    return int(fields[3]), int(fields[6])
 
 
 def start_config(

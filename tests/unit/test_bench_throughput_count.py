@@ -8,6 +8,7 @@ from typing import Any
 
 from bench import scenarios
 from bench.__main__ import rows
+from bench.sse import SseClient
 
 
 def throughput(**changes: Any) -> dict[str, Any]:
@@ -69,3 +70,46 @@ def test_an_older_result_without_the_new_fields_is_judged_by_its_count() -> None
     del old["missing_at_end"], old["ended"]
     assert scenarios.every_line_once(old)
     assert not scenarios.every_line_once(old | {"sse_lines_received": 720_000, "gaps": 280_000})
+
+
+async def counted(seqs_per_read: list[list[int]]) -> dict[str, Any]:
+    """The bench client's count of SSE frames carrying ``seqs_per_read`` (one list a read),
+    then ``done``, as the throughput row reports it."""
+    client = SseClient("/x", "localhost", 1)
+    client.record_delays = False
+    for seqs in seqs_per_read:
+        frames = b"".join(b'id: %d\ndata: {"seq":%d,"line":"x t=1.0"}\n\n' % (s, s) for s in seqs)
+        client._scan(frames, 0.0)
+    client._scan(b"event: done\ndata: {}\n\n", 0.0)
+    lines = max(seq for seqs in seqs_per_read for seq in seqs)
+    return throughput(
+        lines=lines,
+        sse_lines_received=client.lines,
+        gaps=client.gaps,
+        duplicates=client.duplicates,
+        missing_at_end=lines - (client.next_seq - 1),
+        ended=client.ended,
+    )
+
+
+async def test_a_line_twice_hiding_a_lost_one_in_the_same_read_is_counted() -> None:
+    """1, 2, 3, 3, 5: the first, the last and the count are those of 1 to 5."""
+    result = await counted([[1, 2, 3, 3, 5]])
+    assert (result["gaps"], result["duplicates"]) == (1, 1)
+    assert not scenarios.every_line_once(result)
+
+
+async def test_every_line_in_order_across_reads_is_counted_once() -> None:
+    result = await counted([[1, 2], [3], [4, 5, 6]])
+    assert (result["sse_lines_received"], result["gaps"], result["duplicates"]) == (6, 0, 0)
+    assert scenarios.every_line_once(result)
+
+
+def test_a_stream_that_timed_out_before_done_is_a_row_not_met() -> None:
+    """The bench gives up on a stream that never sends ``done``: its row says so."""
+    stuck = throughput(ended="timed out", lines_per_s={})
+    speed, count = sse_rows(stuck)
+    assert not speed["met"]
+    assert speed["result"] == "—"
+    assert not count["met"]
+    assert count["result"].endswith("ended timed out")
