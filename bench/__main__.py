@@ -295,8 +295,23 @@ def rows(results: dict[str, Any]) -> list[dict[str, Any]]:
                 "ratio": ratio(value, limit),
             }
             if key == "sse":
-                row |= {"target": "≥ 100,000 lines/s", "met": bool(value and value >= 100_000)}
+                # Fast is met only with every line there, once, in order, up to ``done``: a
+                # stream that lost lines ends sooner (before session 40 it was ✅ with 277,071
+                # lines missing, lost by the API's reader under load).
+                whole = scenarios.every_line_once(t)
+                row |= {
+                    "target": "≥ 100,000 lines/s",
+                    "met": bool(value and value >= 100_000 and whole),
+                }
             out.append(row)
+        out.append(
+            {
+                "name": "3c. throughput, lines at the SSE client",
+                "result": scenarios.stream_verdict(t),
+                "target": "every line once, in order",
+                "met": scenarios.every_line_once(t),
+            }
+        )
         if cpu := t.get("cpu_us_per_line"):
             out.append(
                 {

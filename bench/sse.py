@@ -15,7 +15,6 @@ import asyncio
 import re
 import time
 
-SEQ_MARK = b'{"seq":'
 SEQ_RE = re.compile(rb'\{"seq":(\d+)')
 STAMP_RE = re.compile(rb"t=(\d+\.\d+)")
 DONE = b"event: done"
@@ -24,11 +23,6 @@ RETRY_RE = re.compile(rb"(?:^|\n)retry: (\d+)\n")
 # finds only real ``id`` fields.
 LAST_ID = b"\n\nid: "
 MAX_RESUMES = 20
-
-
-def _seq_at(frames: bytes, at: int) -> int:
-    start = at + len(SEQ_MARK)
-    return int(frames[start : frames.index(b",", start)])
 
 
 class SseClient(asyncio.Protocol):
@@ -58,7 +52,8 @@ class SseClient(asyncio.Protocol):
         self.frames: list[bytes] = []
         # How the stream ended: "done" (the job's end), "closed" (the server ended it without
         # ``done``: a client cut as too slow, or a read it could not finish; a browser resumes
-        # with Last-Event-ID), "error" (the connection failed), or "status" (not 200).
+        # with Last-Event-ID), "error" (the connection failed), "status" (not 200), or
+        # "timed out" (the throughput row gave up waiting for ``done``).
         self.ended = ""
         self.resumable = False
         self.resumes = 0
@@ -153,16 +148,17 @@ class SseClient(asyncio.Protocol):
             self.frames.append(frames)
         if self.resumable:
             self._note_last_id(frames)
-        count = frames.count(SEQ_MARK)
-        if count:
+        seqs = list(map(int, SEQ_RE.findall(frames)))
+        if count := len(seqs):
             if self.first_line_at is None:
                 self.first_line_at = now
-            first = _seq_at(frames, frames.find(SEQ_MARK))
-            last = _seq_at(frames, frames.rfind(SEQ_MARK))
-            if first == self.next_seq and last == first + count - 1:
-                self.next_seq = last + 1  # the usual case, checked without a loop
+            # Every line's seq, compared at C speed in the usual case (about 0.2 s of CPU for
+            # 1,000,000 lines). Not just the first, the last and the count: 1, 2, 3, 3, 5 has
+            # those of 1 to 5, a line twice hiding one lost.
+            if seqs == list(range(self.next_seq, self.next_seq + count)):
+                self.next_seq += count
             else:
-                self._check_each(frames)
+                self._check_each(seqs)
             self.lines += count
             if self.record_delays:
                 self.delays.extend(now - float(t) for t in STAMP_RE.findall(frames))
@@ -177,9 +173,8 @@ class SseClient(asyncio.Protocol):
         if start >= 0:
             self.last_id = frames[start : frames.index(b"\n", start)]
 
-    def _check_each(self, frames: bytes) -> None:
-        for raw_seq in SEQ_RE.findall(frames):
-            seq = int(raw_seq)
+    def _check_each(self, seqs: list[int]) -> None:
+        for seq in seqs:
             if seq == self.next_seq:
                 self.next_seq += 1
             elif seq > self.next_seq:

@@ -9,11 +9,13 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import nats
 import pytest
 from nats.js import JetStreamContext
 from nats.js.errors import ServiceUnavailableError
+from structlog.testing import capture_logs
 
 from jobrunner.common import ackinbox, retry
 from jobrunner.common.settings import Settings
@@ -313,3 +315,128 @@ async def test_a_message_get_without_jetstream_is_an_error_worth_retrying(
             assert retry.is_transient(raised.value)
     finally:
         await nc.close()
+
+
+async def test_a_reader_that_does_not_take_holds_the_server_back_and_loses_nothing(
+    settings: Settings, js: JetStreamContext
+) -> None:
+    """A reader whose viewers stopped taking (its batch full) makes the server wait for the
+    flow-control reply: its messages stay in JetStream, not in nats-py's queue, which would drop
+    what passes its byte limit (a "slow consumer"), and every message still arrives, once, in
+    order. (Before: nats-py answered each flow-control request as it came, counting a message
+    as delivered when it arrived, so a flood of line batches ran into the queue's limit and the
+    SSE viewers of the busy job lost whole batches of lines.)"""
+    names = Names(settings.prefix)
+    count, size = 900, 100_000  # 90 MB: more than the queue's 64 MiB
+    await publish(js, [names.job_kind_subject("a", "lines")] * count, size=size)
+    async with ordered_reader(
+        js, names.stream, names.all_subjects, max_buffered_bytes=64 * 1024
+    ) as reader:
+        assert reader.sub is not None
+        # Wait until the server stops sending (it waits for flow control) or sent everything.
+        last, still = -1, 0
+        async with asyncio.timeout(60):
+            while still < 10:
+                info = await reader.sub.consumer_info()
+                sent = info.delivered.stream_seq if info.delivered else 0
+                still = still + 1 if sent == last else 0
+                last = sent
+                await asyncio.sleep(0.1)
+        queued = reader.sub._sub._pending_size
+        batches = await read_all(reader, count)
+    assert [seq for batch in batches for seq in batch] == list(range(1, count + 1))
+    assert last < count, "the server sent everything at once: flow control did not hold it"
+    assert queued < 64 * 1024 * 1024
+
+
+def small_nats_py_queues(js: JetStreamContext, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Readers made on ``js`` from now on get a nats-py queue of 1 MB, less than the server's
+    flow-control window (about 2 MB at first): nats-py drops ("slow consumer") from the first
+    window on, as it drops past its 64 MiB under a long pause."""
+    subscribe_bind = js.subscribe_bind
+
+    async def with_a_small_queue(*args: Any, **options: Any) -> Any:
+        return await subscribe_bind(*args, **(options | {"pending_bytes_limit": 1_000_000}))
+
+    monkeypatch.setattr(js, "subscribe_bind", with_a_small_queue)
+
+
+async def read_until_idle(reader: OrderedReader, idle: float) -> list[int]:
+    seqs: list[int] = []
+    while batch := await reader.next_batch(idle):
+        seqs += [m.metadata.sequence.stream for m in batch]
+    return seqs
+
+
+async def test_messages_nats_py_drops_from_its_queue_are_read_again(
+    settings: Settings, js: JetStreamContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Should nats-py drop messages past its queue's byte limit, the reader hears of it and
+    reads again after the last message it kept: every message arrives once, in order."""
+    names = Names(settings.prefix)
+    count, size = 300, 100_000
+    await publish(js, [names.job_kind_subject("a", "lines")] * count, size=size)
+    consumers = (await js.stream_info(names.stream)).state.consumer_count
+    small_nats_py_queues(js, monkeypatch)
+    with capture_logs() as logs:
+        async with ordered_reader(
+            js, names.stream, names.all_subjects, max_buffered_bytes=64 * 1024
+        ) as reader:
+            first = reader.sub
+            batches = await read_all(reader, count)
+            assert reader.sub is not first, "nothing dropped: the test tested nothing"
+            # The consumers it left for a new one are deleted: one stays, the reader's own.
+            async with asyncio.timeout(10):
+                while (await js.stream_info(names.stream)).state.consumer_count != consumers + 1:  # noqa: ASYNC110 - the server's count: nothing signals it
+                    await asyncio.sleep(0.05)
+    assert [seq for batch in batches for seq in batch] == list(range(1, count + 1))
+    assert "ordered reader lost messages in nats-py: reading them again" in [
+        log["event"] for log in logs
+    ]
+
+
+async def test_the_last_messages_of_a_flood_dropped_while_nobody_reads_are_read_again(
+    settings: Settings, js: JetStreamContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The end of a flood dropped by nats-py while the reader's viewers read nothing (12 s:
+    its heartbeats come meanwhile, and nats-py makes its consumer again after the hole): once
+    they read again they get every message, and the ones published after it, once, in order.
+    (Before, a drop was noticed only by a later message of the same consumer, so the last
+    ones stayed lost: messages 12 to 15 of these 20.)"""
+    names = Names(settings.prefix)
+    subject = names.job_kind_subject("a", "lines")
+    await publish(js, [subject] * 15, size=100_000)
+    small_nats_py_queues(js, monkeypatch)
+    async with ordered_reader(
+        js, names.stream, names.all_subjects, max_buffered_bytes=64 * 1024
+    ) as reader:
+        first = reader.sub
+        await asyncio.sleep(12)
+        seqs = await read_until_idle(reader, 3)
+        assert seqs == list(range(1, 16))
+        await publish(js, [subject] * 5, size=100_000)
+        seqs += await read_until_idle(reader, 3)
+        assert reader.sub is not first, "nothing dropped: the test tested nothing"
+    assert seqs == list(range(1, 21))
+
+
+async def test_a_flood_dropped_while_nobody_reads_and_more_published_meanwhile_is_read_whole(
+    settings: Settings, js: JetStreamContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As above, with the next messages published during the pause: a new consumer of nats-py's
+    own starts after the hole, its first message is not taken for the next one (before: 12 to
+    20 lost, and a viewer waiting for the job's end waited forever)."""
+    names = Names(settings.prefix)
+    subject = names.job_kind_subject("a", "lines")
+    await publish(js, [subject] * 15, size=100_000)
+    small_nats_py_queues(js, monkeypatch)
+    async with ordered_reader(
+        js, names.stream, names.all_subjects, max_buffered_bytes=64 * 1024
+    ) as reader:
+        first = reader.sub
+        await asyncio.sleep(12)
+        for n in range(15, 20):  # one at a time: each behind the last one's ack
+            await js.publish(subject, b"%d" % n + b"x" * 100_000)
+        seqs = await read_until_idle(reader, 3)
+        assert reader.sub is not first, "nothing dropped: the test tested nothing"
+    assert seqs == list(range(1, 21))

@@ -182,6 +182,8 @@ async def connect(
     said = errors or ErrorLog(name)
 
     async def on_error(exc: Exception) -> None:
+        # A reader whose messages nats-py dropped reads them again (``lost_messages``).
+        subscription.lost_messages(exc)
         said(exc)
 
     async def on_closed() -> None:

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 import structlog
 from nats.aio.msg import Msg
-from nats.errors import ConnectionClosedError
+from nats.errors import ConnectionClosedError, SlowConsumerError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext, api
 from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
@@ -77,6 +77,16 @@ class OrderedReader:
         self._last: Msg | None = None  # the last message put in the batch
         self._reopening: asyncio.Future[None] | None = None  # ``reopen_if_gone_soon``'s task
         self._reconnected = asyncio.Event()  # cuts its wait before trying again short
+        # The consumer the last message came from, and the consumer sequence its next one
+        # should have: a hole shows a message nats-py dropped without telling (a new consumer
+        # starts at 1).
+        self._consumer: str | None = None
+        self._next_delivery = 1
+        # nats-py dropped a message: the rest of this subscription's are dropped here too
+        # (``_dropped``), and the reader opens again after the last one it kept, tried until
+        # it has (``_must_reopen``).
+        self._dropped = False
+        self._must_reopen = False
         # Called after each message's arrival, in nats-py's delivery task: it may ``take`` the
         # batch there and then (True), a turn of the event loop before the reader's own task
         # would have it; else (False) the reader's task is woken as usual.
@@ -85,6 +95,8 @@ class OrderedReader:
     async def _on_message(self, msg: Msg) -> None:
         # Runs in nats-py's delivery task: waiting here is what holds the server back.
         await self._drained.wait()
+        if self._dropped or self._lost_one_before(msg):
+            return
         self._batch.append(msg)
         self._last = msg
         self._bytes += len(msg.data)
@@ -92,6 +104,35 @@ class OrderedReader:
             self._drained.clear()
         if self.on_arrival is None or not self.on_arrival():
             self._arrived.set()
+
+    def _lost_one_before(self, msg: Msg) -> bool:
+        """Is there a hole in the consumer's sequence before ``msg``? nats-py reports each
+        message it drops (``lost_messages``); this is the net behind that: a consumer's
+        deliveries are 1, 2, 3, ..., a new one's (nats-py made it again after a gap, or
+        ``_reopen``) from 1."""
+        consumer, delivery = delivered_as(msg)
+        expected = self._next_delivery if consumer == self._consumer else 1
+        if delivery == expected:
+            self._consumer, self._next_delivery = consumer, delivery + 1
+            return False
+        self.lost_messages(f"expected delivery {expected} of {consumer}, got {delivery}")
+        return True
+
+    def lost_messages(self, why: str) -> None:
+        """nats-py dropped messages of this reader (its queue over its byte limit: "slow
+        consumer"). Its ordered consumer counts a dropped one as received and never asks for it
+        again, so the reader drops the rest of this subscription's too and opens again after the
+        last message it kept: nothing is skipped. At once when the reader is taking; else (its
+        batch full: its viewers behind) at its next ``take``, since a consumer opened again
+        now would only fill nats-py's queue again meanwhile."""
+        if self._dropped:
+            return
+        structlog.get_logger().warning(
+            "ordered reader lost messages in nats-py: reading them again", why=why
+        )
+        self._dropped = self._must_reopen = True
+        if self._drained.is_set():
+            self.reopen_if_gone_soon(_request_turns())
 
     async def _open(self, config: api.ConsumerConfig) -> None:
         """Subscribe to ``config``'s deliver subject, then create its consumer (``config`` from
@@ -110,6 +151,8 @@ class OrderedReader:
             # Enough room for the server's flow-control window; the callback bounds the rest.
             pending_bytes_limit=max(4 * self._max_bytes, 64 * 1024 * 1024),
         )
+        answer_flow_control_once_taken(sub)
+        _readers[sub._sub] = weakref.ref(self)  # before its first message: see ``lost_messages``
         if self._closed:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
@@ -154,9 +197,12 @@ class OrderedReader:
                 self._reconnected.clear()  # a reconnect from now on: no wait after a failure
                 try:
                     async with turns:
-                        if not self._closed and not await self._consumer_exists():
+                        if not self._closed and (
+                            self._must_reopen or not await self._consumer_exists()
+                        ):
                             await self._reopen()
-                    return
+                    if not self._must_reopen or self._closed:
+                        return
                 except Exception as exc:
                     # NATS away again, its JetStream not ready yet, the stream's consumer
                     # limit reached: tried again, else the reader would get nothing until
@@ -196,13 +242,24 @@ class OrderedReader:
         assert self.sub is not None
         with contextlib.suppress(Exception):  # dropped already (a failed earlier attempt)
             await self.sub.unsubscribe()
+        if self._must_reopen and self._created:  # still on the server, unlike a lost one
+            _delete_soon(self._js, self._stream, self.sub)
+            self._created = False
+        # None of the old subscription's messages comes any more: the new one's are kept. A
+        # drop of the new one's, even while its consumer is made, sets both flags again.
+        self._dropped = self._must_reopen = False
+        self._consumer = None
         if self._closed:
             return
         if self._last is None:
             start = copy.copy(self._start)  # nothing received: from where it started
         else:
             start = start_config(position(self._last)[0] + 1, None, self._subjects)
-        await self._open(ordered_config(self._js, start, self._subjects))
+        try:
+            await self._open(ordered_config(self._js, start, self._subjects))
+        except BaseException:
+            self._must_reopen = True  # ``_reopen_if_gone`` tries again
+            raise
 
     def close(self, stream: str) -> Coroutine[Any, Any, None] | None:
         """Stop delivering and delete the consumer (``_delete_soon``), once: what is left to
@@ -239,6 +296,8 @@ class OrderedReader:
         batch, self._batch, self._bytes = self._batch, [], 0
         self._arrived.clear()
         self._drained.set()
+        if self._must_reopen and self._reopening is None:  # see ``lost_messages``
+            self.reopen_if_gone_soon(_request_turns())
         return batch
 
     async def next_batch(self, timeout: float | None) -> list[Msg]:
@@ -265,15 +324,63 @@ class OrderedReader:
         return (info.num_pending or 0) + (delivered or 0)
 
 
+def answer_flow_control_once_taken(sub: JetStreamContext.PushSubscription) -> None:
+    """Make nats-py answer the server's flow-control requests of ``sub`` (a subscription with a
+    callback) only once the callback has taken the messages sent before the request.
+
+    nats-py 2.16 counts a callback subscription's messages as delivered when they arrive
+    (``Subscription.delivered`` is its count of arrivals), so it answers every flow-control
+    request at once: the server never waits, and while the callback waits (a reader's batch
+    full: its viewers behind) the messages pile up in nats-py's queue until its byte limit,
+    past which nats-py drops them ("slow consumer"). Its ordered consumer has counted a dropped
+    message as received, so nothing resends it: a job's SSE viewers silently lost whole line
+    batches under a flood. Counted as nats-py counts it for a subscription without a callback
+    (the messages queued, less those still in the queue), the server waits instead, and the
+    messages wait in JetStream."""
+    jsi: Any = sub._sub._jsi  # nats-py's private state, checked by test_natspy_private_state
+    jsi.get_js_delivered = functools.partial(_taken_from_queue, jsi)
+
+
+def _taken_from_queue(jsi: Any) -> int:
+    return int(jsi._fciseq - jsi._sub._pending_queue.qsize())
+
+
+# Readers by their nats-py subscription, for nats-py's report of the messages it dropped
+# (``lost_messages``); weak both ways, so that neither keeps the other.
+_readers: weakref.WeakKeyDictionary[Any, weakref.ref[OrderedReader]] = weakref.WeakKeyDictionary()
+
+
+def lost_messages(exc: Exception) -> None:
+    """Tell a reader that nats-py dropped messages of its subscription: ``exc`` is an error
+    nats-py hands the connection's error callback (``eventstore.connect`` passes each)."""
+    if isinstance(exc, SlowConsumerError):
+        ref = _readers.get(exc.sub)
+        reader = ref() if ref is not None else None
+        if reader is not None:
+            reader.lost_messages(f"nats-py dropped stream message {exc.reply}")
+
+
+def _reply_fields(msg: Msg) -> list[str]:
+    """A JetStream delivery's reply subject, ``$JS.ACK.<stream>.<consumer>.<delivered>.<stream
+    seq>.<consumer seq>.<time>.<pending>`` (the v2 form adds a domain and an account hash after
+    ``ACK``), from ``<stream>`` on. ``msg.metadata`` gives the same, but builds five objects and
+    a datetime a message: a tenth of the API's CPU while it fans lines out."""
+    tokens = msg.reply.split(".")
+    return tokens[2:] if len(tokens) == 9 else tokens[4:]
+
+
+def delivered_as(msg: Msg) -> tuple[str, int]:
+    """A JetStream delivery's consumer, and its consumer sequence (1, 2, 3, ... for each
+    consumer)."""
+    fields = _reply_fields(msg)
+    return fields[1], int(fields[4])
+
+
 def position(msg: Msg) -> tuple[int, int]:
     """A JetStream delivery's stream sequence, and how many messages the consumer had pending
-    after it, from its reply subject (``$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.
-    <consumer seq>.<time>.<pending>``; the v2 form adds a domain and an account hash after
-    ``ACK``). ``msg.metadata`` gives the same, but builds five objects and a datetime a message:
-    a tenth of the API's CPU while it fans lines out."""
-    tokens = msg.reply.split(".")
-    base = 2 if len(tokens) == 9 else 4
-    return int(tokens[base + 3]), int(tokens[base + 6])
+    after it."""
+    fields = _reply_fields(msg)
+    return int(fields[3]), int(fields[6])
 
 
 def start_config(

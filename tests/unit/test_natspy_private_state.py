@@ -104,6 +104,49 @@ def test_process_msg_counts_an_ordered_message_before_queueing_it() -> None:
     assert source.index("jsi._sseq = sseq") < source.index("sub._pending_queue.put_nowait(msg)")
 
 
+def test_flow_control_is_answered_by_what_get_js_delivered_counts() -> None:
+    """A reader's flow-control answer waits until its callback took the messages sent before
+    the request (``subscription.answer_flow_control_once_taken``): nats-py must ask the
+    instance's ``get_js_delivered`` (set on it, not on the class), count queued messages in
+    ``_fciseq``, and keep them in ``_sub._pending_queue``."""
+    source = inspect.getsource(nats.NATS._process_msg)
+    assert "sub._jsi.get_js_delivered() >= sub._jsi._fciseq" in source
+    assert "schedule_flow_control_response(msg.reply)" in source
+    nc = nats.NATS()
+    js = nc.jetstream()
+    sub = Subscription(nc, 1, "deliver", cb=lambda msg: None)  # type: ignore[arg-type,return-value]
+    push = JetStreamContext.PushSubscription(js, sub, "STREAM", "consumer-name")
+    sub._jsi = JetStreamContext._JSI(js, nc, "STREAM", True, push, sub, api.ConsumerConfig())
+    for reply in ("a", "b", "c"):
+        sub._jsi.track_sequences(reply)
+    sub._pending_queue.put_nowait("waiting")  # type: ignore[arg-type]
+    sub._received = 3  # nats-py's own count: every arrival, taken or not
+    assert sub._jsi.get_js_delivered() == 3
+    subscription.answer_flow_control_once_taken(push)
+    assert sub._jsi.get_js_delivered() == 2
+
+
+def test_a_held_flow_control_answer_is_sent_by_nats_pys_poll_once_the_queue_is_taken() -> None:
+    """The answer held above goes out from nats-py's own task, polling every 0.25 s, once the
+    messages queued before the request left the queue; only for an ordered consumer."""
+    poll = inspect.getsource(JetStreamContext._JSI.check_flow_control_response)
+    assert "(self._fciseq - self._psub._pending_queue.qsize()) >= self._fcd" in poll
+    assert "await asyncio.sleep(0.25)" in poll
+    subscribe = inspect.getsource(JetStreamContext.subscribe_bind)
+    assert "if ordered_consumer:" in subscribe
+    assert "check_flow_control_response()" in subscribe
+
+
+def test_a_dropped_message_is_reported_with_its_subscription() -> None:
+    """A reader hears of a message nats-py dropped (``subscription.lost_messages``) by the
+    error it hands the connection's error callback, which names the subscription."""
+    source = inspect.getsource(nats.NATS._process_msg)
+    assert "errors.SlowConsumerError(subject=msg.subject, reply=msg.reply, sid=sid, sub=sub)" in (
+        source
+    )
+    assert "await self._error_cb(" in source
+
+
 # --- a watch made on a start's context, then kept on the connection's (``subscription.keep_on``)
 
 
