@@ -402,16 +402,21 @@ async def test_the_last_messages_of_a_flood_dropped_while_nobody_reads_are_read_
     its heartbeats come meanwhile, and nats-py makes its consumer again after the hole): once
     they read again they get every message, and the ones published after it, once, in order.
     (Before, a drop was noticed only by a later message of the same consumer, so the last
-    ones stayed lost: messages 12 to 15 of these 20.)"""
+    ones stayed lost: messages 12 to 15 of these 20.) Meanwhile the reader holds no consumer:
+    the one it dropped is deleted at once, and nats-py makes none after it (before: the old
+    one stayed, flow-controlled windows were sent to it only to be dropped, and a heartbeat
+    made nats-py create another that nobody deleted)."""
     names = Names(settings.prefix)
     subject = names.job_kind_subject("a", "lines")
     await publish(js, [subject] * 15, size=100_000)
+    consumers = (await js.stream_info(names.stream)).state.consumer_count
     small_nats_py_queues(js, monkeypatch)
     async with ordered_reader(
         js, names.stream, names.all_subjects, max_buffered_bytes=64 * 1024
     ) as reader:
         first = reader.sub
-        await asyncio.sleep(12)
+        await asyncio.sleep(12)  # past two heartbeats (5 s) of the dropped consumer
+        assert (await js.stream_info(names.stream)).state.consumer_count == consumers
         seqs = await read_until_idle(reader, 3)
         assert seqs == list(range(1, 16))
         await publish(js, [subject] * 5, size=100_000)

@@ -182,8 +182,12 @@ async def connect(
     said = errors or ErrorLog(name)
 
     async def on_error(exc: Exception) -> None:
-        # A reader whose messages nats-py dropped reads them again (``lost_messages``).
-        subscription.lost_messages(exc)
+        # A reader whose messages nats-py dropped reads them again (``lost_messages``). Called
+        # inside nats-py's read loop: an error escaping here would stop the connection reading.
+        try:
+            subscription.lost_messages(exc)
+        except Exception as error:
+            log.exception("reader not told of its lost messages", error=repr(error))
         said(exc)
 
     async def on_closed() -> None:

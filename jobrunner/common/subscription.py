@@ -124,8 +124,11 @@ class OrderedReader:
         again, so the reader drops the rest of this subscription's too and opens again after the
         last message it kept: nothing is skipped. At once when the reader is taking; else (its
         batch full: its viewers behind) at its next ``take``, since a consumer opened again
-        now would only fill nats-py's queue again meanwhile."""
-        if self._dropped:
+        now would only fill nats-py's queue again meanwhile. The old subscription goes at once
+        all the same: nats-py would go on answering its heartbeats' flow-control requests, each
+        a window (up to 32 MiB) sent only to be dropped, and make it a consumer nobody deletes
+        (a drop leaves its sequence behind, so the next heartbeat looks like a gap)."""
+        if self._dropped or self._closed:
             return
         structlog.get_logger().warning(
             "ordered reader lost messages in nats-py: reading them again", why=why
@@ -133,6 +136,19 @@ class OrderedReader:
         self._dropped = self._must_reopen = True
         if self._drained.is_set():
             self.reopen_if_gone_soon(_request_turns())
+        elif self.sub is not None:
+            created, self._created = self._created, False  # ``_reopen`` deletes nothing more
+            track(asyncio.ensure_future(self._drop_old_subscription(self.sub, created)))
+
+    async def _drop_old_subscription(
+        self, sub: JetStreamContext.PushSubscription, created: bool
+    ) -> None:
+        """Unsubscribe ``sub`` and delete its consumer (nats-py's current one, once it can make
+        no other), as ``close`` does."""
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+        if created:
+            _delete_soon(self._js, self._stream, sub)
 
     async def _open(self, config: api.ConsumerConfig) -> None:
         """Subscribe to ``config``'s deliver subject, then create its consumer (``config`` from
@@ -296,7 +312,7 @@ class OrderedReader:
         batch, self._batch, self._bytes = self._batch, [], 0
         self._arrived.clear()
         self._drained.set()
-        if self._must_reopen and self._reopening is None:  # see ``lost_messages``
+        if self._must_reopen:  # see ``lost_messages``; cuts a failed attempt's wait short
             self.reopen_if_gone_soon(_request_turns())
         return batch
 
