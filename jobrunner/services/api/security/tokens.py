@@ -450,7 +450,11 @@ class TokenStore:
         return bool(entry.value)
 
     async def revoke(self, id_or_name: str) -> TokenRecord:
-        record = await self.find(id_or_name)
+        # An id is read by its own key first: a listing (``find``) is a watch of every record,
+        # which once missed a record another listing had just found (the fuzzer's DELETE
+        # answered 500); a name still needs the listing.
+        by_id = await self.get(id_or_name) if _TOKEN_ID_RE.match(id_or_name) else None
+        record = by_id or await self.find(id_or_name)
         if record is None:
             raise TokenError(f"there is no token {id_or_name!r}")
         if record.revoked_at is not None:
