@@ -36,8 +36,9 @@ _SHOWN.update({code: f"\\u{code:04x}" for code in _BIDI_OVERRIDES})
 # For Postgres: NUL is left out, as its text cannot hold one (the runner stores it as ␀).
 _SINGLE = {chr(code): shown for code, shown in _SHOWN.items() if len(shown) == 1 and code}
 _SEVERAL = {chr(code): shown for code, shown in _SHOWN.items() if len(shown) > 1}
-# Any character of _SHOWN but NUL (ESC among them: a colour code), as a regex class.
-_ANY_SHOWN = "[\x01-\x08\x0a-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]"
+# Any character of _SHOWN but NUL (ESC among them: a colour code), as a regex class (only
+# control and format characters: none is special inside brackets).
+_ANY_SHOWN = "[" + "".join(chr(code) for code in sorted(_SHOWN) if code) + "]"
 
 
 def visible(text: str) -> str:
