@@ -47,13 +47,41 @@ async def watch_keys(kv: KeyValue, keys: Sequence[str]) -> KeyValue.KeyWatcher:
     pre = kv._pre
     watcher = KeyValue.KeyWatcher(kv)  # type: ignore[no-untyped-call]
     set_up: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+    filters = [pre + key for key in keys]
+    # The keys stored now, before the consumer exists: each has a last message (a value or a
+    # delete's marker) at or after the consumer's start, so the current state is delivered
+    # once each has come (``settled``). Not the count pending the server sends with each
+    # message: it reached 0 while a key's value was still to come (a key updated while the
+    # watch began: its old revision, not yet delivered, replaced), and a listing ended without
+    # a record that had been there all along (tests/test_keywatch_listing.py).
+    unseen = await stored_subjects(kv, filters)
+    checking: list[asyncio.Task[None]] = []
 
-    def settled(pending: int) -> bool:
-        """The first time the consumer has nothing pending: the current state is delivered."""
-        if pending == 0 and not watcher._init_done:
+    def settled(subject: str, pending: int) -> bool:
+        """The first time every key stored at the start has come: the current state is
+        delivered."""
+        unseen.discard(subject)
+        if watcher._init_done:
+            return False
+        if not unseen:
             watcher._init_done = True
             return True
+        if pending == 0 and not checking:
+            # The server has nothing more to send, yet keys are missing: removed meanwhile
+            # without a marker (a stream-level delete)? Asked in the background.
+            checking.append(asyncio.ensure_future(check_unseen()))
         return False
+
+    async def check_unseen() -> None:
+        try:
+            unseen.intersection_update(await stored_subjects(kv, filters))
+        except Exception:
+            return  # asked again at the next message with nothing pending
+        finally:
+            checking.clear()
+        if not unseen and not watcher._init_done:
+            watcher._init_done = True
+            await watcher._updates.put(None)
 
     async def on_message(msg: Msg) -> None:
         # As nats-py's watch: no entry before the consumer's pending count is known below.
@@ -73,7 +101,7 @@ async def watch_keys(kv: KeyValue, keys: Sequence[str]) -> KeyValue.KeyWatcher:
                 if operation is None:
                     # A reason of a later server: skipped, as nats-py does, rather than taken
                     # for a value.
-                    if settled(pending):
+                    if settled(msg.subject, pending):
                         await watcher._updates.put(None)
                     return
         entry = KeyValue.Entry(
@@ -86,7 +114,7 @@ async def watch_keys(kv: KeyValue, keys: Sequence[str]) -> KeyValue.KeyWatcher:
             operation=operation,
         )
         await watcher._updates.put(entry)
-        if settled(pending):
+        if settled(msg.subject, pending):
             await watcher._updates.put(None)
 
     nc = kv._js._nc
@@ -98,7 +126,7 @@ async def watch_keys(kv: KeyValue, keys: Sequence[str]) -> KeyValue.KeyWatcher:
     config = api.ConsumerConfig(
         name=name,
         deliver_subject=deliver,
-        filter_subjects=[pre + key for key in keys],
+        filter_subjects=filters,
         deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT,
         inactive_threshold=INACTIVE_THRESHOLD,
     )
@@ -135,16 +163,28 @@ async def watch_keys(kv: KeyValue, keys: Sequence[str]) -> KeyValue.KeyWatcher:
     watcher._sub = psub
     try:
         await asyncio.sleep(0)  # (in the try: a cancel here must not leave the subscription)
-        # Nothing stored under the filters: no message will say so, the consumer's info does.
-        info = await psub.consumer_info()
         set_up.set_result(True)
-        if info.num_pending == 0 and psub.delivered == 0 and settled(0):
+        # Nothing stored under the filters: no message will say so. (Not the consumer's info
+        # either: its count pending is 0 once the server has sent the messages, which may still
+        # be on their way here.)
+        if not unseen and not watcher._init_done:
+            watcher._init_done = True
             await watcher._updates.put(None)
     except BaseException:
         set_up.cancel()
         await end_watch(watcher)
         raise
     return watcher
+
+
+async def stored_subjects(kv: KeyValue, filters: Sequence[str]) -> set[str]:
+    """The subjects of the bucket's stream that hold a message now (a value, or a delete's or
+    a purge's marker) and match any of ``filters``: one stream info request each."""
+    subjects: set[str] = set()
+    for subject_filter in filters:
+        info = await kv._js.stream_info(kv._stream, subjects_filter=subject_filter)
+        subjects.update(info.state.subjects or ())
+    return subjects
 
 
 @asynccontextmanager

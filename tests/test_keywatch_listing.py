@@ -1,0 +1,106 @@
+"""A watch's ``None`` (the current state delivered) comes only once every key stored when the
+watch began has come: a listing read up to it misses no record, whatever is written meanwhile
+(a token listed while others are created, revoked and deleted; an admin's DELETE found a token
+in one listing and not in the next, session 40's fuzzer)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import uuid
+from collections.abc import AsyncIterator
+
+import nats
+import pytest
+from nats.js.kv import KeyValue
+
+from jobrunner.common import keywatch
+
+pytestmark = pytest.mark.timeout(180)
+
+STABLE = [f"token.s{i:03d}" for i in range(20)]
+
+
+@pytest.fixture(params=[1, 5], ids=["history 1", "history 5"])
+async def bucket(request: pytest.FixtureRequest, nats_server_url: str) -> AsyncIterator[KeyValue]:
+    """A bucket of ``STABLE`` keys (the lock bucket keeps one value a key, the token bucket 5)."""
+    nc = await nats.connect(nats_server_url)
+    js = nc.jetstream()
+    name = f"l{uuid.uuid4().hex[:10]}"
+    kv = await js.create_key_value(bucket=name, history=request.param)
+    for key in STABLE:
+        await kv.put(key, b"record")
+    try:
+        yield kv
+    finally:
+        await js.delete_key_value(name)
+        await nc.close()
+
+
+async def listed(kv: KeyValue) -> set[str]:
+    """The keys holding a value, read as ``TokenStore.all`` reads them: up to the ``None``."""
+    keys: set[str] = set()
+    async with keywatch.watching(kv, ("token.>",)) as watcher:
+        while (entry := await watcher.updates(timeout=10)) is not None:  # type: ignore[no-untyped-call]
+            if entry.operation is None:
+                keys.add(entry.key)
+    return keys
+
+
+async def churn(kv: KeyValue, stop: asyncio.Event, seed: int) -> None:
+    """What admins do meanwhile: create tokens, revoke (rewrite) the listed ones, delete some,
+    and write the bucket's other keys."""
+    rng = random.Random(seed)
+    n = 0
+    while not stop.is_set():
+        n += 1
+        await kv.put(f"token.n{seed}x{n}", b"new")
+        await kv.put(rng.choice(STABLE), b"revoked")
+        await kv.put(f"name.{seed}x{n}", b"claim")
+        if n % 3 == 0:
+            await kv.delete(f"token.n{seed}x{n - 1}")
+
+
+async def test_a_listing_while_records_change_misses_none_that_stayed(bucket: KeyValue) -> None:
+    """Every record stored all along is in every listing, while others are written at once."""
+    stop = asyncio.Event()
+    writers = [asyncio.create_task(churn(bucket, stop, seed)) for seed in range(2)]
+    try:
+
+        async def list_many() -> list[set[str]]:
+            return [await listed(bucket) for _ in range(20)]
+
+        listings = [
+            keys for many in await asyncio.gather(*(list_many() for _ in range(3))) for keys in many
+        ]
+    finally:
+        stop.set()
+        await asyncio.gather(*writers)
+    incomplete = [sorted(set(STABLE) - keys) for keys in listings if not set(STABLE) <= keys]
+    assert incomplete == [], f"{len(incomplete)} of {len(listings)} listings missed records"
+
+
+async def test_a_listing_of_an_empty_bucket_ends_at_once(bucket: KeyValue) -> None:
+    """No key stored under the filter: the listing ends empty, without waiting."""
+    async with asyncio.timeout(5), keywatch.watching(bucket, ("nothing.>",)) as watcher:
+        assert await watcher.updates(timeout=5) is None  # type: ignore[no-untyped-call]
+
+
+async def test_a_listing_ends_when_a_key_it_expected_vanished_without_a_marker(
+    bucket: KeyValue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A key removed from the stream with no marker left (a stream-level purge) while the watch
+    begins: the listing still ends, without it."""
+    js = bucket._js
+    real = keywatch.stored_subjects
+    gone = bucket._pre + STABLE[0]
+
+    async def purged_after_the_look(kv: KeyValue, filters: list[str]) -> set[str]:
+        subjects = await real(kv, filters)
+        if gone in subjects:
+            await js.purge_stream(kv._stream, subject=gone)
+        return subjects
+
+    monkeypatch.setattr(keywatch, "stored_subjects", purged_after_the_look)
+    keys = await asyncio.wait_for(listed(bucket), 10)
+    assert keys == set(STABLE[1:])
