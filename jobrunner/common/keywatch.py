@@ -84,9 +84,9 @@ async def watch_keys(kv: KeyValue, keys: Sequence[str]) -> KeyValue.KeyWatcher:
             await watcher._updates.put(None)
 
     async def on_message(msg: Msg) -> None:
-        # As nats-py's watch: no entry before the consumer's pending count is known below.
-        # Without nats-py's timeout here: ``set_up`` is always settled, set once the count is
-        # known or cancelled when the watch is not made (its subscription dropped with it).
+        # As nats-py's watch: no entry before the watch is set up below. Without nats-py's
+        # timeout here: ``set_up`` is always settled, set once the subscription is kept or
+        # cancelled when the watch is not made (its subscription dropped with it).
         if not set_up.done():
             await set_up
         # The stream sequence and the count pending from the reply subject: ``msg.metadata``

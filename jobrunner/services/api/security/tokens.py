@@ -450,9 +450,10 @@ class TokenStore:
         return bool(entry.value)
 
     async def revoke(self, id_or_name: str) -> TokenRecord:
-        # An id is read by its own key first: a listing (``find``) is a watch of every record,
-        # which once missed a record another listing had just found (the fuzzer's DELETE
-        # answered 500); a name still needs the listing.
+        # An id is read by its own key first (one request, not a listing of every record); a
+        # name needs the listing. (A listing once missed a record another had just found, the
+        # fuzzer's DELETE answered 500: the watch ended on the server's pending count, fixed in
+        # ``keywatch``.)
         by_id = await self.get(id_or_name) if _TOKEN_ID_RE.match(id_or_name) else None
         record = by_id or await self.find(id_or_name)
         if record is None:
