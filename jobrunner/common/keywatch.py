@@ -10,6 +10,13 @@ entries, and the same ``None`` once the bucket's current state is delivered. So 
 iterated, stopped and made again after a reconnect (``subscription.reopen_after_reconnect``)
 as nats-py's is; its filters are in the consumer's config, which nats-py keeps and sends again
 whenever it makes the consumer again.
+
+Unlike nats-py's, a watch whose messages nats-py dropped says so: its iteration raises
+``WatchLostMessages`` (a ``nats.errors.Error``: the API answers EVENT_STORE_UNAVAILABLE), and its
+user watches again from a new current state (``current_entries`` for a listing; the lock board and
+the token watch start a new watch). nats-py answers a watch's flow control only once the watch has
+taken what came before (``subscription.answer_flow_control_once_taken``), so only a watch whose
+reader is behind by more than the server's flow-control window can meet a drop.
 """
 
 from __future__ import annotations
@@ -18,7 +25,10 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from typing import Any
 
+import nats.errors
+import structlog
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 from nats.js.kv import KV_DEL, KV_MARKER_REASON, KV_OP, KV_PURGE, KeyValue
@@ -32,12 +42,70 @@ INACTIVE_THRESHOLD = 5 * 60.0  # seconds
 # is queued; a frozen NATS must not hold the read (or the stop) that ended the watch.
 END_SECONDS = 2.0
 
+# How long a watch waits for its first message before it asks again which of the keys it expects
+# are still stored: one that went without a marker (a stream-level purge) between its look-up and
+# the consumer's start, with nothing else ever delivered, would else hold a listing until its
+# caller's timeout (an error, not the right list).
+UNSEEN_CHECK_SECONDS = 0.5
+# How many watches a listing makes at most, each after the last lost messages in nats-py.
+LISTING_TRIES = 3
+
 # The operation of a marker the server itself left (nats-server >= 2.11), as nats-py reads it: an
 # expired value or a purge is a purge, a removal a delete.
 _MARKER_OPERATIONS = {"MaxAge": KV_PURGE, "Purge": KV_PURGE, "Remove": KV_DEL}
 
 
-async def watch_keys(kv: KeyValue, keys: Sequence[str]) -> KeyValue.KeyWatcher:
+class WatchLostMessages(nats.errors.Error):
+    """nats-py dropped messages of a watch (its queue past its limit: "slow consumer"). Its
+    ordered consumer counted them as received and never asks for them again: the watch has a
+    gap, so it ends, and its user watches again from a new current state."""
+
+    def __str__(self) -> str:
+        return "nats: a bucket watch lost messages in the client; watch again"
+
+
+class Watch(KeyValue.KeyWatcher):
+    """nats-py's ``KeyWatcher``, whose iteration raises ``WatchLostMessages`` once nats-py has
+    dropped one of its messages (``messages_lost``): what is still queued before it is dropped
+    too, since the user starts again from a new current state."""
+
+    def __init__(self, kv: KeyValue) -> None:
+        super().__init__(kv)  # type: ignore[no-untyped-call]
+        self.lost = False
+        self.unseen_check: asyncio.Task[None] | None = None
+
+    def messages_lost(self) -> None:
+        """Called by ``subscription.lost_messages`` for nats-py's report of a drop: the
+        subscription and its consumer go at once (nats-py would keep answering their flow
+        control, each window sent only to be dropped), and whoever iterates is woken."""
+        if self.lost:
+            return
+        self.lost = True
+        structlog.get_logger().warning("bucket watch lost messages in nats-py: watched again")
+        if self._sub is not None:
+            subscription.track(asyncio.ensure_future(_end_subscription(self._sub, END_SECONDS)))
+        _end_iteration(self)
+
+    def _raise_if_lost(self) -> None:
+        if self.lost:
+            raise WatchLostMessages
+
+    async def updates(self, timeout: float = 5.0) -> Any:
+        self._raise_if_lost()
+        entry = await super().updates(timeout)  # type: ignore[no-untyped-call]
+        self._raise_if_lost()
+        return entry
+
+    async def __anext__(self) -> Any:
+        self._raise_if_lost()
+        try:
+            return await super().__anext__()  # type: ignore[no-untyped-call]
+        except StopAsyncIteration:
+            self._raise_if_lost()
+            raise
+
+
+async def watch_keys(kv: KeyValue, keys: Sequence[str]) -> Watch:
     """A watch of the keys matching any of ``keys`` (KV key filters: ``slot.>``), as
     ``kv.watch`` watches one filter (its defaults: no history, values and deletes); its entries
     are nats-py's but for ``created`` (None)."""
@@ -45,7 +113,7 @@ async def watch_keys(kv: KeyValue, keys: Sequence[str]) -> KeyValue.KeyWatcher:
     # nats-py's bucket exposes its name, stream, subject prefix and context only as private
     # attributes (checked by tests/unit/test_natspy_private_state.py).
     pre = kv._pre
-    watcher = KeyValue.KeyWatcher(kv)  # type: ignore[no-untyped-call]
+    watcher = Watch(kv)
     set_up: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
     filters = [pre + key for key in keys]
     # The keys stored now, before the consumer exists: each has a last message (a value or a
@@ -71,6 +139,11 @@ async def watch_keys(kv: KeyValue, keys: Sequence[str]) -> KeyValue.KeyWatcher:
             # without a marker (a stream-level delete)? Asked in the background.
             checking.append(asyncio.ensure_future(check_unseen()))
         return False
+
+    async def check_unseen_if_nothing_came() -> None:
+        await asyncio.sleep(UNSEEN_CHECK_SECONDS)
+        if not watcher._init_done and not checking:
+            await check_unseen()
 
     async def check_unseen() -> None:
         try:
@@ -161,6 +234,9 @@ async def watch_keys(kv: KeyValue, keys: Sequence[str]) -> KeyValue.KeyWatcher:
     # ``reset_ordered_consumer``): under a new name each time, the server's.
     config.name = None
     watcher._sub = psub
+    # As soon as it exists: nats-py may drop messages from the first flow-control window on.
+    subscription.answer_flow_control_once_taken(psub)
+    subscription.on_messages_lost(psub, watcher.messages_lost)
     try:
         await asyncio.sleep(0)  # (in the try: a cancel here must not leave the subscription)
         set_up.set_result(True)
@@ -170,6 +246,8 @@ async def watch_keys(kv: KeyValue, keys: Sequence[str]) -> KeyValue.KeyWatcher:
         if not unseen and not watcher._init_done:
             watcher._init_done = True
             await watcher._updates.put(None)
+        elif unseen:
+            watcher.unseen_check = asyncio.ensure_future(check_unseen_if_nothing_came())
     except BaseException:
         set_up.cancel()
         await end_watch(watcher)
@@ -190,7 +268,7 @@ async def stored_subjects(kv: KeyValue, filters: Sequence[str]) -> set[str]:
 @asynccontextmanager
 async def watching(
     kv: KeyValue, keys: Sequence[str], within: float = END_SECONDS
-) -> AsyncIterator[KeyValue.KeyWatcher]:
+) -> AsyncIterator[Watch]:
     """``watch_keys`` for a read that ends: whichever way it ends (read through, failed, or
     cancelled midway: a request's timeout, a stop), the watch's subscription and its consumer
     go (``end_watch``)."""
@@ -201,6 +279,27 @@ async def watching(
         await end_watch(watcher, within)
 
 
+async def current_entries(
+    kv: KeyValue, keys: Sequence[str], entry_seconds: float
+) -> list[KeyValue.Entry]:
+    """The current entry of every key matching ``keys`` (values, and the markers of deleted
+    ones), each waited for ``entry_seconds`` at most (else nats-py's TimeoutError). A watch that
+    lost messages in nats-py is made again, ``LISTING_TRIES`` times at most, each from the
+    bucket's new current state: a listing never has a gap."""
+    for tries_left in reversed(range(LISTING_TRIES)):
+        entries: list[KeyValue.Entry] = []
+        try:
+            async with watching(kv, keys) as watcher:
+                while (entry := await watcher.updates(timeout=entry_seconds)) is not None:
+                    entries.append(entry)
+        except WatchLostMessages:
+            if not tries_left:
+                raise
+        else:
+            return entries
+    raise AssertionError("unreachable: the last try returns or raises")
+
+
 async def end_watch(watcher: KeyValue.KeyWatcher, within: float = END_SECONDS) -> None:
     """End a watch, waiting ``within`` seconds at most: its subscription unsubscribed, its
     consumer deleted (in the background, ``subscription.delete_consumer_soon``) rather than
@@ -208,6 +307,8 @@ async def end_watch(watcher: KeyValue.KeyWatcher, within: float = END_SECONDS) -
     ``KeyWatcher.stop`` waits for its UNSUB unbounded (a frozen NATS held a stop), and leaves
     the consumer. Also when the caller is being cancelled: the cancel reaches the caller, the
     unsubscribe and the delete go on."""
+    if isinstance(watcher, Watch) and watcher.unseen_check is not None:
+        watcher.unseen_check.cancel()
     if watcher._sub is not None:
         await _end_subscription(watcher._sub, within)
     _end_iteration(watcher)
