@@ -104,3 +104,29 @@ async def test_a_listing_ends_when_a_key_it_expected_vanished_without_a_marker(
     monkeypatch.setattr(keywatch, "stored_subjects", purged_after_the_look)
     keys = await asyncio.wait_for(listed(bucket), 10)
     assert keys == set(STABLE[1:])
+
+
+async def test_a_listing_whose_only_key_vanished_before_anything_came_ends_empty(
+    bucket: KeyValue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The only key under the filter removed without a marker between the watch's look-up and
+    its consumer's start: no message ever comes, and the listing still ends, empty, once the
+    watch has asked again (``UNSEEN_CHECK_SECONDS``) rather than at its caller's timeout (10 s
+    here: an error instead of the right list)."""
+    await bucket.put("only.one", b"record")
+    js = bucket._js
+    real = keywatch.stored_subjects
+    looked = 0
+
+    async def purged_after_the_first_look(kv: KeyValue, filters: list[str]) -> set[str]:
+        nonlocal looked
+        subjects = await real(kv, filters)
+        looked += 1
+        if looked == 1:
+            await js.purge_stream(kv._stream, subject=kv._pre + "only.one")
+        return subjects
+
+    monkeypatch.setattr(keywatch, "stored_subjects", purged_after_the_first_look)
+    async with asyncio.timeout(5), keywatch.watching(bucket, ("only.>",)) as watcher:
+        assert await watcher.updates(timeout=10) is None  # type: ignore[no-untyped-call]
+    assert looked == 2, "asked again once"
