@@ -170,3 +170,40 @@ async def test_a_lock_board_whose_watch_lost_messages_knows_every_lease(
                 assert sorted(board.slots) == sorted(f"slot.s{n}" for n in range(RECORDS))
     finally:
         await js.delete_key_value(kv._name)
+
+
+async def test_the_api_token_watch_that_lost_messages_knows_every_token(
+    js: JetStreamContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An API instance's watch of the tokens while nats-py drops part of it: it watches again,
+    and its copy holds every token (a request with one is not refused for want of it, an open
+    stream of one is not ended), a token created afterwards too. Before: the start waited for
+    the dropped records until its 10 s bound and failed."""
+    store = await TokenStore.open(js, Names(f"t{uuid.uuid4().hex[:8]}"))
+    now = datetime.now(UTC)
+    await asyncio.gather(
+        *(
+            js.publish(
+                f"$KV.{store.kv._name}.token.t{n}",
+                msgspec.json.encode(
+                    TokenRecord(
+                        id=f"t{n}", name="x" * 900, role=Role.VIEWER, hash="h", created_at=now
+                    )
+                ),
+            )
+            for n in range(RECORDS)
+        )
+    )
+    small_nats_py_queues(js, monkeypatch, watches=1)
+    first_entry_held_up(monkeypatch)
+    with capture_logs() as logs:
+        await store.start_watch()
+    try:
+        assert LOST in [log["event"] for log in logs], "nothing dropped: the test tested nothing"
+        assert sorted(store._cache) == sorted(f"t{n}" for n in range(RECORDS))
+        created, _ = await store.create("later", Role.VIEWER)
+        async with asyncio.timeout(10):
+            while created.id not in store._cache:  # noqa: ASYNC110 - the watch's copy: nothing signals it
+                await asyncio.sleep(0.05)
+    finally:
+        await store.stop_watch()
