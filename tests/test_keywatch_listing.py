@@ -9,6 +9,7 @@ import asyncio
 import random
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import nats
 import pytest
@@ -130,3 +131,33 @@ async def test_a_listing_whose_only_key_vanished_before_anything_came_ends_empty
     async with asyncio.timeout(5), keywatch.watching(bucket, ("only.>",)) as watcher:
         assert await watcher.updates(timeout=10) is None  # type: ignore[no-untyped-call]
     assert looked == 2, "asked again once"
+
+
+@pytest.mark.parametrize(
+    "late",
+    [keywatch.UNSEEN_CHECK_SECONDS - 0.3, keywatch.UNSEEN_CHECK_SECONDS + 0.5],
+    ids=["before-the-check", "after-the-check"],
+)
+async def test_a_record_whose_message_comes_late_is_listed(
+    bucket: KeyValue, monkeypatch: pytest.MonkeyPatch, late: float
+) -> None:
+    """The first message of the watch handled ``late`` seconds after it arrived, before or
+    after the watch asks again which keys are stored: every record is listed all the same (the
+    second look ends the wait only for keys gone, never for ones still to come)."""
+    js = bucket._js
+    subscribe = js.subscribe
+
+    async def first_message_late(*args: Any, cb: Any, **options: Any) -> Any:
+        held = False
+
+        async def late_cb(msg: Any) -> None:
+            nonlocal held
+            if not held:
+                held = True
+                await asyncio.sleep(late)
+            await cb(msg)
+
+        return await subscribe(*args, cb=late_cb, **options)
+
+    monkeypatch.setattr(js, "subscribe", first_message_late)
+    assert await asyncio.wait_for(listed(bucket), 10) == set(STABLE)
