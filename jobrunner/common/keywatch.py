@@ -42,10 +42,11 @@ INACTIVE_THRESHOLD = 5 * 60.0  # seconds
 # is queued; a frozen NATS must not hold the read (or the stop) that ended the watch.
 END_SECONDS = 2.0
 
-# How long a watch waits for its first message before it asks again which of the keys it expects
-# are still stored: one that went without a marker (a stream-level purge) between its look-up and
-# the consumer's start, with nothing else ever delivered, would else hold a listing until its
-# caller's timeout (an error, not the right list).
+# How long after its start a watch whose current state is not delivered yet asks again which of
+# the keys it expects are still stored (the other re-check runs only as a message comes): one that
+# went without a marker (a stream-level purge) between its look-up and the consumer's start, with
+# nothing else ever delivered, would else hold a listing until its caller's timeout (an error, not
+# the right list). A key still stored is waited for all the same: the look never ends it early.
 UNSEEN_CHECK_SECONDS = 0.5
 # How many watches a listing makes at most, each after the last lost messages in nats-py.
 LISTING_TRIES = 3
@@ -140,7 +141,7 @@ async def watch_keys(kv: KeyValue, keys: Sequence[str]) -> Watch:
             checking.append(asyncio.ensure_future(check_unseen()))
         return False
 
-    async def check_unseen_if_nothing_came() -> None:
+    async def check_unseen_later() -> None:
         await asyncio.sleep(UNSEEN_CHECK_SECONDS)
         if not watcher._init_done and not checking:
             await check_unseen()
@@ -247,7 +248,7 @@ async def watch_keys(kv: KeyValue, keys: Sequence[str]) -> Watch:
             watcher._init_done = True
             await watcher._updates.put(None)
         elif unseen:
-            watcher.unseen_check = asyncio.ensure_future(check_unseen_if_nothing_came())
+            watcher.unseen_check = asyncio.ensure_future(check_unseen_later())
     except BaseException:
         set_up.cancel()
         await end_watch(watcher)
