@@ -2,7 +2,9 @@
 the listing either lists every record or fails with a NATS error (the API's 503
 EVENT_STORE_UNAVAILABLE, "try again shortly"); never a list with a record missing, never a hang.
 The watch's consumer, lost with the server's memory, is made again after the reconnect from the
-record after the last one received (``subscription.reopen_after_reconnect``)."""
+record after the last one received (``subscription.reopen_after_reconnect``); its current state
+not delivered yet, the listing then watches again from a new one (``keywatch.WatchLostMessages``:
+the remade consumer sends old revisions before each key's last)."""
 
 from __future__ import annotations
 
@@ -84,7 +86,7 @@ async def test_a_token_listing_across_a_nats_restart_is_whole_or_a_clear_error(
         if listing.exception() is None:
             ids = sorted(record.id for record in listing.result())
             assert ids == sorted(f"t{n}" for n in range(RECORDS))
-            assert len(consumers) == 2, "not read across the restart: the test tested nothing"
+            assert len(consumers) >= 2, "not read across the restart: the test tested nothing"
         else:
             assert isinstance(listing.exception(), nats.errors.Error), listing
     finally:

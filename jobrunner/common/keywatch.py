@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -42,12 +43,21 @@ INACTIVE_THRESHOLD = 5 * 60.0  # seconds
 # is queued; a frozen NATS must not hold the read (or the stop) that ended the watch.
 END_SECONDS = 2.0
 
-# How long after its start a watch whose current state is not delivered yet asks again which of
-# the keys it expects are still stored (the other re-check runs only as a message comes): one that
-# went without a marker (a stream-level purge) between its look-up and the consumer's start, with
-# nothing else ever delivered, would else hold a listing until its caller's timeout (an error, not
-# the right list). A key still stored is waited for all the same: the look never ends it early.
+# How often a watch whose current state is not delivered yet asks again which of the keys it
+# expects are still stored (``settle_when_stored_came``), whatever arrives or not: one removed
+# without a marker (a stream-level purge, a purge or delete marker that expired: the lock
+# bucket's) after the look-up, or while a watch made again was away, never comes, and on a quiet
+# bucket nothing else would end the wait (the lock board never ready, a listing failing at its
+# caller's timeout). A key still stored is waited for all the same: a look never ends it early.
 UNSEEN_CHECK_SECONDS = 0.5
+# How long one such look may take: a slow or failed one is asked again at the next tick.
+UNSEEN_CHECK_BOUND = 2.0
+# How many subjects the server names in one stream info answer (nats-server's
+# JSMaxSubjectDetails): a bucket with more keys under a filter is read a page at a time.
+SUBJECTS_PAGE = 100_000
+# How many subjects each page repeats of the one before: the next page must still hold the last
+# subject read, else keys before it went meanwhile and the pages moved (read again from the start).
+PAGE_OVERLAP = 1_000
 # How many watches a listing makes at most, each after the last lost messages in nats-py.
 LISTING_TRIES = 3
 
@@ -59,7 +69,10 @@ _MARKER_OPERATIONS = {"MaxAge": KV_PURGE, "Purge": KV_PURGE, "Remove": KV_DEL}
 class WatchLostMessages(nats.errors.Error):
     """nats-py dropped messages of a watch (its queue past its limit: "slow consumer"). Its
     ordered consumer counted them as received and never asks for them again: the watch has a
-    gap, so it ends, and its user watches again from a new current state."""
+    gap, so it ends, and its user watches again from a new current state. Also raised for a
+    watch whose consumer was made again before its current state was delivered: the new one
+    sends every revision after the last message received, an old one first, and a key would
+    count as come at a revision that is not its last."""
 
     def __str__(self) -> str:
         return "nats: a bucket watch lost messages in the client; watch again"
@@ -73,16 +86,24 @@ class Watch(KeyValue.KeyWatcher):
     def __init__(self, kv: KeyValue) -> None:
         super().__init__(kv)  # type: ignore[no-untyped-call]
         self.lost = False
-        self.unseen_check: asyncio.Task[None] | None = None
+        # The timer that delivers the current state once no key still stored is missing
+        # (``settle_when_stored_came``), until then.
+        self.settling: asyncio.Task[None] | None = None
 
     def messages_lost(self) -> None:
         """Called by ``subscription.lost_messages`` for nats-py's report of a drop: the
         subscription and its consumer go at once (nats-py would keep answering their flow
         control, each window sent only to be dropped), and whoever iterates is woken."""
+        self.give_up("bucket watch lost messages in nats-py: watched again")
+
+    def give_up(self, why: str) -> None:
+        """End the watch, its iteration raising ``WatchLostMessages`` (``why`` logged once)."""
         if self.lost:
             return
         self.lost = True
-        structlog.get_logger().warning("bucket watch lost messages in nats-py: watched again")
+        structlog.get_logger().warning(why)
+        if self.settling is not None:
+            self.settling.cancel()
         if self._sub is not None:
             subscription.track(asyncio.ensure_future(_end_subscription(self._sub, END_SECONDS)))
         _end_iteration(self)
@@ -124,38 +145,46 @@ async def watch_keys(kv: KeyValue, keys: Sequence[str]) -> Watch:
     # watch began: its old revision, not yet delivered, replaced), and a listing ended without
     # a record that had been there all along (tests/test_keywatch_listing.py).
     unseen = await stored_subjects(kv, filters)
-    checking: list[asyncio.Task[None]] = []
 
-    def settled(subject: str, pending: int) -> bool:
+    def reset_before_settling() -> bool:
+        """Whether the consumer was made again (a gap, a reconnect: nats-py's reset, from the
+        message after the last one received) before the current state was delivered. The new
+        consumer sends every revision after that one, not each key's last: a key rewritten
+        would count as come at its old revision, and the ``None`` come before its last. The
+        watch ends, its user watches again (as after a drop)."""
+        if watcher._sub is None or watcher._sub._sub._subject == deliver:
+            return False
+        watcher.give_up("bucket watch made again before its current state came: watched again")
+        return True
+
+    def settled(subject: str) -> bool:
         """The first time every key stored at the start has come: the current state is
         delivered."""
         unseen.discard(subject)
-        if watcher._init_done:
+        if watcher._init_done or unseen or reset_before_settling():
             return False
-        if not unseen:
-            watcher._init_done = True
-            return True
-        if pending == 0 and not checking:
-            # The server has nothing more to send, yet keys are missing: removed meanwhile
-            # without a marker (a stream-level delete)? Asked in the background.
-            checking.append(asyncio.ensure_future(check_unseen()))
-        return False
+        watcher._init_done = True
+        return True
 
-    async def check_unseen_later() -> None:
-        await asyncio.sleep(UNSEEN_CHECK_SECONDS)
-        if not watcher._init_done and not checking:
-            await check_unseen()
-
-    async def check_unseen() -> None:
-        try:
-            unseen.intersection_update(await stored_subjects(kv, filters))
-        except Exception:
-            return  # asked again at the next message with nothing pending
-        finally:
-            checking.clear()
-        if not unseen and not watcher._init_done:
-            watcher._init_done = True
-            await watcher._updates.put(None)
+    async def settle_when_stored_came() -> None:
+        """Every ``UNSEEN_CHECK_SECONDS`` until the current state is delivered: forget the
+        keys expected that are no longer stored (gone without a marker), and deliver it once
+        none is left. A look that fails or takes longer than ``UNSEEN_CHECK_BOUND`` is asked
+        again at the next tick."""
+        while not watcher._init_done:
+            await asyncio.sleep(UNSEEN_CHECK_SECONDS)
+            if reset_before_settling():
+                return
+            try:
+                async with asyncio.timeout(UNSEEN_CHECK_BOUND):
+                    stored = await stored_subjects(kv, filters)
+            except Exception as exc:  # a timeout, NATS away: asked again at the next tick
+                structlog.get_logger().debug("bucket watch look-up failed", error=repr(exc))
+                continue
+            unseen.intersection_update(stored)
+            if not unseen and not watcher._init_done:
+                watcher._init_done = True
+                await watcher._updates.put(None)
 
     async def on_message(msg: Msg) -> None:
         # As nats-py's watch: no entry before the watch is set up below. Without nats-py's
@@ -175,7 +204,7 @@ async def watch_keys(kv: KeyValue, keys: Sequence[str]) -> Watch:
                 if operation is None:
                     # A reason of a later server: skipped, as nats-py does, rather than taken
                     # for a value.
-                    if settled(msg.subject, pending):
+                    if settled(msg.subject):
                         await watcher._updates.put(None)
                     return
         entry = KeyValue.Entry(
@@ -188,7 +217,7 @@ async def watch_keys(kv: KeyValue, keys: Sequence[str]) -> Watch:
             operation=operation,
         )
         await watcher._updates.put(entry)
-        if settled(msg.subject, pending):
+        if settled(msg.subject):
             await watcher._updates.put(None)
 
     nc = kv._js._nc
@@ -247,8 +276,9 @@ async def watch_keys(kv: KeyValue, keys: Sequence[str]) -> Watch:
         if not unseen and not watcher._init_done:
             watcher._init_done = True
             await watcher._updates.put(None)
-        elif unseen:
-            watcher.unseen_check = asyncio.ensure_future(check_unseen_later())
+        elif not watcher._init_done:
+            watcher.settling = asyncio.ensure_future(settle_when_stored_came())
+            subscription.track(watcher.settling)
     except BaseException:
         set_up.cancel()
         await end_watch(watcher)
@@ -258,12 +288,39 @@ async def watch_keys(kv: KeyValue, keys: Sequence[str]) -> Watch:
 
 async def stored_subjects(kv: KeyValue, filters: Sequence[str]) -> set[str]:
     """The subjects of the bucket's stream that hold a message now (a value, or a delete's or
-    a purge's marker) and match any of ``filters``: one stream info request each."""
+    a purge's marker) and match any of ``filters``: the filters asked at once."""
+    found = await asyncio.gather(*(_stored_under(kv, subject_filter) for subject_filter in filters))
+    return set().union(*found)
+
+
+async def _stored_under(kv: KeyValue, subject_filter: str) -> set[str]:
+    """``stored_subjects`` for one filter, a page (``SUBJECTS_PAGE``) a request: nats-py's
+    ``stream_info`` asks for the first page only (it sends no offset), and a bucket of 100,050
+    keys under a filter had 50 delivered after its watch's ``None``. The server sorts the
+    subjects before paging; each page starts ``PAGE_OVERLAP`` subjects before the last one read
+    and must still hold it, or keys before it went meanwhile and the pages are read again."""
+    js = kv._js
     subjects: set[str] = set()
-    for subject_filter in filters:
-        info = await kv._js.stream_info(kv._stream, subjects_filter=subject_filter)
-        subjects.update(info.state.subjects or ())
-    return subjects
+    offset = 0
+    last: str | None = None  # the greatest subject of the page before
+    while True:
+        start = max(offset - PAGE_OVERLAP, 0) if last is not None else 0
+        request = {"subjects_filter": subject_filter, "offset": start}
+        reply = await js._jsm._api_request(
+            f"{js._prefix}.STREAM.INFO.{kv._stream}",
+            json.dumps(request).encode(),
+            timeout=js._timeout,
+        )
+        page = sorted(reply["state"].get("subjects") or ())
+        if last is not None and last not in page:
+            subjects.clear()
+            offset, last = 0, None
+            continue
+        subjects.update(page)
+        offset = start + len(page)
+        if not page or offset >= reply.get("total", 0):
+            return subjects
+        last = page[-1]
 
 
 @asynccontextmanager
@@ -308,8 +365,8 @@ async def end_watch(watcher: KeyValue.KeyWatcher, within: float = END_SECONDS) -
     ``KeyWatcher.stop`` waits for its UNSUB unbounded (a frozen NATS held a stop), and leaves
     the consumer. Also when the caller is being cancelled: the cancel reaches the caller, the
     unsubscribe and the delete go on."""
-    if isinstance(watcher, Watch) and watcher.unseen_check is not None:
-        watcher.unseen_check.cancel()
+    if isinstance(watcher, Watch) and watcher.settling is not None:
+        watcher.settling.cancel()  # it could put a ``None`` after the end's STOP_ITER
     if watcher._sub is not None:
         await _end_subscription(watcher._sub, within)
     _end_iteration(watcher)
