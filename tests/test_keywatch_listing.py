@@ -20,6 +20,9 @@ from jobrunner.common import keywatch
 pytestmark = pytest.mark.timeout(180)
 
 STABLE = [f"token.s{i:03d}" for i in range(20)]
+# The writes each admin makes at most while the listings run (four keys a round): a fixed amount
+# of work, whatever the machine's speed.
+CHURN_ROUNDS = 400
 
 
 @pytest.fixture(params=[1, 5], ids=["history 1", "history 5"])
@@ -41,7 +44,8 @@ async def bucket(request: pytest.FixtureRequest, nats_server_url: str) -> AsyncI
 async def listed(kv: KeyValue) -> set[str]:
     """The keys holding a value, read as ``TokenStore.all`` reads them: up to the ``None``."""
     keys: set[str] = set()
-    async with keywatch.watching(kv, ("token.>",)) as watcher:
+    # Bounded: a listing that hung ended its xdist worker at the thread timeout instead.
+    async with asyncio.timeout(30), keywatch.watching(kv, ("token.>",)) as watcher:
         while (entry := await watcher.updates(timeout=10)) is not None:  # type: ignore[no-untyped-call]
             if entry.operation is None:
                 keys.add(entry.key)
@@ -53,7 +57,7 @@ async def churn(kv: KeyValue, stop: asyncio.Event, seed: int) -> None:
     and write the bucket's other keys."""
     rng = random.Random(seed)
     n = 0
-    while not stop.is_set():
+    while not stop.is_set() and n < CHURN_ROUNDS:
         n += 1
         await kv.put(f"token.n{seed}x{n}", b"new")
         await kv.put(rng.choice(STABLE), b"revoked")
@@ -161,3 +165,123 @@ async def test_a_record_whose_message_comes_late_is_listed(
 
     monkeypatch.setattr(js, "subscribe", first_message_late)
     assert await asyncio.wait_for(listed(bucket), 10) == set(STABLE)
+
+
+@pytest.mark.parametrize(
+    "look",
+    ["fails", "slower-than-its-bound", "just-within-its-bound"],
+)
+async def test_a_listing_of_a_quiet_bucket_ends_after_a_failed_second_look(
+    bucket: KeyValue, monkeypatch: pytest.MonkeyPatch, look: str
+) -> None:
+    """``slot.a`` and ``slot.b`` stored, ``slot.b`` removed without a marker right after the
+    watch's look-up, and nothing written afterwards: the watch's next two looks fail (NATS away)
+    or the next takes longer than ``UNSEEN_CHECK_BOUND``, and the listing still ends with
+    ``slot.a`` once a look answers; a look just within its bound ends it at once."""
+    monkeypatch.setattr(keywatch, "UNSEEN_CHECK_BOUND", 0.5)
+    await bucket.put("slot.a", b"lease")
+    await bucket.put("slot.b", b"lease")
+    js = bucket._js
+    real = keywatch.stored_subjects
+    looked = 0
+
+    async def faulty_second_look(kv: KeyValue, filters: list[str]) -> set[str]:
+        nonlocal looked
+        looked += 1
+        if look == "fails" and looked in (2, 3):
+            raise TimeoutError
+        if looked == 2 and look != "fails":
+            await asyncio.sleep(0.7 if look == "slower-than-its-bound" else 0.3)
+        subjects = await real(kv, filters)
+        if looked == 1:
+            await js.purge_stream(kv._stream, subject=kv._pre + "slot.b")
+        return subjects
+
+    monkeypatch.setattr(keywatch, "stored_subjects", faulty_second_look)
+    keys = []
+    async with asyncio.timeout(10), keywatch.watching(bucket, ("slot.>",)) as watcher:
+        while (entry := await watcher.updates(timeout=10)) is not None:  # type: ignore[no-untyped-call]
+            keys.append(entry.key)
+    assert keys == ["slot.a"]
+    assert looked == {"fails": 4, "slower-than-its-bound": 3, "just-within-its-bound": 2}[look]
+
+
+async def test_a_listing_of_more_than_a_page_of_keys_has_every_one_before_its_end(
+    nats_server_url: str,
+) -> None:
+    """100,001 keys under the filter: one more than the server names in a stream info answer
+    (JSMaxSubjectDetails); the last one (sorted and written last) is listed too, before the
+    ``None``, not after it."""
+    nc = await nats.connect(nats_server_url)
+    js = nc.jetstream()
+    name = f"p{uuid.uuid4().hex[:10]}"
+    kv = await js.create_key_value(bucket=name)
+    count = keywatch.SUBJECTS_PAGE + 1
+    try:
+        for first in range(0, count, 5_000):
+            await asyncio.gather(
+                *(
+                    js.publish(f"$KV.{name}.queue.k{n:06d}", b"place")
+                    for n in range(first, min(first + 5_000, count))
+                )
+            )
+        listed_before_the_end: set[str] = set()
+        async with asyncio.timeout(120), keywatch.watching(kv, ("queue.>",)) as watcher:
+            while (entry := await watcher.updates(timeout=30)) is not None:  # type: ignore[no-untyped-call]
+                listed_before_the_end.add(entry.key)
+        assert len(listed_before_the_end) == count
+        assert f"queue.k{count - 1:06d}" in listed_before_the_end
+    finally:
+        await js.delete_key_value(name)
+        await nc.close()
+
+
+async def test_a_listing_whose_consumer_was_made_again_midway_lists_each_keys_last_value(
+    nats_server_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``A``, then ``K`` written twice (history 5: both kept). The watch's consumer is made again
+    after ``A`` (what nats-py does after a gap: from the message after the last received), the
+    rest of the old consumer's messages lost: the new one sends ``K``'s old revision before its
+    last. The listing has ``K``'s last value (the watch ends and is made again), never the old."""
+    nc = await nats.connect(nats_server_url)
+    js = nc.jetstream()
+    name = f"r{uuid.uuid4().hex[:10]}"
+    kv = await js.create_key_value(bucket=name, history=5)
+    await kv.put("token.a", b"a")
+    await kv.put("token.k", b"old")
+    await kv.put("token.k", b"new")
+    subscribe = js.subscribe
+    watches = 0
+
+    async def reset_after_the_first_message(*args: Any, cb: Any, **options: Any) -> Any:
+        nonlocal watches
+        watches += 1
+        if watches > 1:
+            return await subscribe(*args, cb=cb, **options)
+        made: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        old_consumer: str | None = None
+
+        async def cb_resetting(msg: Any) -> None:
+            nonlocal old_consumer
+            psub = await made
+            consumer = msg.reply.split(".")[3]
+            if old_consumer is None:
+                old_consumer = consumer
+                await cb(msg)
+                await psub._sub._jsi.reset_ordered_consumer(2)  # A was stream sequence 1
+            elif consumer != old_consumer:
+                await cb(msg)
+
+        psub = await subscribe(*args, cb=cb_resetting, **options)
+        made.set_result(psub)
+        return psub
+
+    monkeypatch.setattr(js, "subscribe", reset_after_the_first_message)
+    try:
+        async with asyncio.timeout(30):
+            entries = await keywatch.current_entries(kv, ("token.>",), 10)
+        assert {entry.key: entry.value for entry in entries} == {"token.a": b"a", "token.k": b"new"}
+        assert watches == 2, "the watch made again: the test tested its reset"
+    finally:
+        await js.delete_key_value(name)
+        await nc.close()

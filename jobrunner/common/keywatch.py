@@ -141,9 +141,16 @@ async def watch_keys(kv: KeyValue, keys: Sequence[str]) -> Watch:
     # The keys stored now, before the consumer exists: each has a last message (a value or a
     # delete's marker) at or after the consumer's start, so the current state is delivered
     # once each has come (``settled``). Not the count pending the server sends with each
-    # message: it reached 0 while a key's value was still to come (a key updated while the
-    # watch began: its old revision, not yet delivered, replaced), and a listing ended without
-    # a record that had been there all along (tests/test_keywatch_listing.py).
+    # message: it reached 0 while a key's value was still to come, and a listing ended without
+    # a record that had been there all along (tests/test_keywatch_listing.py). Two ways, in
+    # nats-server 2.11: with one value a key (history 1) a last-per-subject consumer is a plain
+    # one from the first sequence; a rewritten key's undelivered old revision, removed, lowers
+    # the count at once (storeUpdates -> decStreamPending) while its new one is counted later
+    # (processStreamSignal, through the consumer's signal queue): a message in between says 0.
+    # With history > 1, the list of each key's last message is built when the consumer is made,
+    # the count later (setLeader -> streamNumPending): a key rewritten in between is sent twice
+    # but counted once, and an old revision past the history removed at a sequence at or after
+    # the consumer's position lowers the count for a message the list never sends.
     unseen = await stored_subjects(kv, filters)
 
     def reset_before_settling() -> bool:
