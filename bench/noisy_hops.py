@@ -316,7 +316,7 @@ def report(trace: Trace) -> str:
                         cpu, delay = ((b - a) / 1e6 for a, b in zip(before, after, strict=True))
                         tail.append((step, cpu, delay))
             p90 = percentile(steps, 0.9)
-            slow = [t for t in tail if t[0] > p90]
+            slow = [t for t in tail if t[0] >= p90]
             split = "—"
             if slow:
                 total = sum(t[0] for t in slow)
