@@ -318,8 +318,8 @@ def report(trace: Trace) -> str:
             p90 = percentile(steps, 0.9)
             slow = [t for t in tail if t[0] >= p90]
             split = "—"
-            if slow:
-                total = sum(t[0] for t in slow)
+            total = sum(t[0] for t in slow)
+            if total > 0:
                 cpu = sum(t[1] for t in slow) / total * 100
                 delay = sum(t[2] for t in slow) / total * 100
                 split = f"{cpu:.0f} % / {delay:.0f} % / {100 - cpu - delay:.0f} %"
