@@ -64,7 +64,7 @@ async def test_batch_page_carries_its_id_and_the_four_actions(system: System) ->
     async with system.client() as client:
         page = (await client.get(f"/batches/{batch_id}")).text
     assert f'data-batch-id="{batch_id}"' in page
-    assert "<title>Vier Aktionen · Jobrunner</title>" in page
+    assert "<title>\u2068Vier Aktionen\u2069 · Jobrunner</title>" in page
     for action in ("restart", "pending", "fail", "archive", "unarchive"):
         assert f'data-batch-action="{action}"' in page
     assert "Ausstehende neu starten" in page
@@ -111,7 +111,7 @@ async def test_recent_jobs_have_a_checkbox_each(system: System) -> None:
     async with system.client() as client:
         page = (await client.get("/jobs")).text
     assert 'data-select-all aria-label="Alle auf dieser Seite auswählen"' in page
-    assert f'data-select="{job_id}" aria-label="Auswählen: Emit lines"' in page
+    assert f'data-select="{job_id}" aria-label="Auswählen: \u2068Emit lines\u2069"' in page
     assert 'data-selection-action="restart"' in page
 
 

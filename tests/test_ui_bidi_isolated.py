@@ -28,11 +28,22 @@ BATCH_NAME = "b\u202eidi"  # listed as "bidi" (its own text reversed) before
 REASON = "stop \u202e now"
 ARTIFACT = "invoice\u202efdp.exe"  # read "invoiceexe.pdf" before
 LINE = "wrote \u202eevil.txt"
+TITLE = "Export \u202ecsv.exe"  # a job type's title (configuration, not checked for overrides)
+# How a label names it: its override dropped, the title between FSI and PDI (U+2068, U+2069).
+TITLE_IN_LABEL = "\u2068Export csv.exe\u2069"
+DASH = "\u2013"  # between a side panel row's parts in its label
 
 
 @pytest.fixture
-def settings(settings: Settings) -> Settings:
-    return msgspec.structs.replace(settings, job_types_file=TEST_TYPES)
+def settings(settings: Settings, tmp_path: Path) -> Settings:
+    """The tests' job types, and ``spoof`` whose title holds an override."""
+    job_types = tmp_path / "jobtypes.toml"
+    job_types.write_text(
+        Path(TEST_TYPES).read_text()
+        + '\n[job_types.spoof]\ntitle = "Export \\u202ecsv.exe"\n'
+        + 'argv = ["{python}", "tests/tools/emit.py"]\n'
+    )
+    return msgspec.structs.replace(settings, job_types_file=str(job_types))
 
 
 @pytest.fixture
@@ -85,6 +96,62 @@ async def test_old_batch_names_and_reasons_are_shown_isolated(
         assert (await cell.text_content(), await cell.get_attribute("dir")) == (shown, "auto")
     # The page's title is plain text: the name's own override dropped, the name isolated.
     await expect(page).to_have_title("\u2068bidi\u2069 · Jobrunner")
+
+
+async def test_a_batch_pages_title_is_isolated_before_its_script_runs(
+    page: Page, projector_and_api: System, settings: Settings
+) -> None:
+    """The title the server writes for batch ``b<U+202E>idi`` is the one the script sets:
+    ``<FSI>bidi<PDI> · Jobrunner`` (before: the raw name until the script replaced it)."""
+    await wait_projected(settings, await publish(settings, batch_events("old", 1, name=BATCH_NAME)))
+    await page.route("**/*.js", lambda route: route.abort())  # no script: the server's title
+    await page.goto("/batches/old")
+    assert await page.title() == "\u2068bidi\u2069 · Jobrunner"
+
+
+async def labels_naming(page: Page, text: str) -> list[str]:
+    """Every ``aria-label`` on the page holding ``text``'s letters (its controls aside)."""
+    letters = text.replace("\u202e", "")
+    labels = await page.locator("[aria-label]").evaluate_all(
+        "elements => elements.map(element => element.getAttribute('aria-label'))"
+    )
+    return [label for label in labels if letters in label.replace("\u202e", "")]
+
+
+async def test_job_type_titles_in_labels_are_isolated(
+    page: Page, projector_and_api: System, settings: Settings
+) -> None:
+    """A job type titled ``Export <U+202E>csv.exe``: each label naming it (a running job's log
+    and checkbox, a past job's checkbox and link, the side panel's row, the batch page's link)
+    holds it isolated, its override dropped, so a screen reader reads it in order; so does the
+    job's page title."""
+    stream: list[events.Publishable] = [
+        *job_events("running", "spoof", status=JobStatus.RUNNING),
+        *job_events("done", "spoof", minute=1, status=JobStatus.COMPLETED),
+        *batch_events("spoofs", 1, name="spoofs", job_types=["spoof"]),
+    ]
+    await wait_projected(settings, await publish(settings, stream))
+
+    await page.goto("/jobs")
+    await expect(page.locator('[data-select="done"]')).to_be_attached()
+    await expect(page.locator('[data-select="running"]')).to_be_attached()
+    await expect(page.locator("#panel-list [data-link]")).to_have_count(3)  # the side panel
+    assert set(await labels_naming(page, TITLE)) == {
+        f"Log-Ausgabe: {TITLE_IN_LABEL}",
+        f"Auswählen: {TITLE_IN_LABEL}",
+        f"Logs anzeigen: {TITLE_IN_LABEL}",
+        f"{TITLE_IN_LABEL} {DASH} Status: Läuft {DASH} Läuft",
+        f"{TITLE_IN_LABEL} {DASH} Status: Erfolgreich {DASH} Erfolgreich",
+        f"{TITLE_IN_LABEL} {DASH} Status: Wartend {DASH} Wartend",
+    }
+
+    await page.goto("/jobs/done")  # the job's page is titled with its type's title
+    assert await page.title() == f"{TITLE_IN_LABEL} · Jobrunner"
+
+    await page.goto("/batches/spoofs")
+    await expect(page.locator("#batch-jobs-body [data-link]")).to_have_attribute(
+        "aria-label", f"Logs anzeigen: {TITLE_IN_LABEL} 1"
+    )
 
 
 async def test_each_parameter_value_in_a_running_jobs_summary_is_isolated(
@@ -146,6 +213,19 @@ async def test_old_artifact_names_and_tool_lines_are_shown_isolated(
     await page.goto("/jobs/spoof")
     assert await isolation_of(page, "#artifacts a", ARTIFACT) == "isolate"
     assert await isolation_of(page, ".log-row .txt", LINE) == "isolate"
+    # Its label too, as the server wrote it and as the script writes it when a live job ends.
+    label = "\u2068invoicefdp.exe\u2069 herunterladen"
+    link = page.locator("#artifacts [data-artifact-rows] a")
+    await expect(link).to_have_attribute("aria-label", label)
+    await page.evaluate(
+        """async () => {
+            const { refreshArtifacts } = await import("/static/js/artifacts.js");
+            const link = document.querySelector("#artifacts [data-artifact-rows] a");
+            link.removeAttribute("aria-label");
+            await refreshArtifacts(document.getElementById("artifacts"));
+        }"""
+    )
+    await expect(link).to_have_attribute("aria-label", label)
 
 
 async def test_an_imported_files_name_and_values_are_shown_isolated(

@@ -1,5 +1,5 @@
 // /jobs (PRD-005 2.1): live cards for running jobs, the recent jobs table, live without reloads.
-import { t, announce, formatIn, tickClocks } from "./text.js";
+import { t, announce, isolated, formatIn, tickClocks } from "./text.js";
 import { followJob } from "./jobstream.js";
 import { Terminal } from "./terminal.js";
 import { replaceBadges, setProgress, setUpCancel, markCancelRequested, TERMINAL } from "./widgets.js";
@@ -184,7 +184,7 @@ export function initJobsPage() {
     const shown = shownStatus(update.jobId);
     if (shown === update.status) return;
     if (shown === null && !TERMINAL.has(update.status)) {
-      announce(t("live.started", { title: titles[update.jobType] ?? update.jobType ?? "" }));
+      announce(t("live.started", { title: isolated(titles[update.jobType] ?? update.jobType ?? "") }));
     }
     refreshSoon();
   });
