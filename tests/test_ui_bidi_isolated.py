@@ -6,18 +6,16 @@ real Chromium on the pages that show them."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import msgspec
 import pytest
-from playwright.async_api import Browser, Page, expect
+from playwright.async_api import Page, expect
 
 from jobrunner.common.settings import Settings
 from jobrunner.contracts import events
 from jobrunner.contracts.events import JobStatus
 from tests.batch_support import batch_events
-from tests.browser import open_page
 from tests.history_support import job_events, publish, wait_projected
 from tests.system import System
 from tests.tools.job_type_files import TEST_TYPES
@@ -47,13 +45,9 @@ def settings(settings: Settings, tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
-async def page(browser: Browser, projector_and_api: System) -> AsyncIterator[Page]:
-    """A page on a system without a runner: the jobs published here keep their status."""
-    opened = await open_page(browser, projector_and_api)
-    yield opened
-    errors = opened.script_errors  # type: ignore[attr-defined]
-    await opened.context.close()
-    assert not errors, errors
+def system(projector_and_api: System) -> System:
+    """No runner (for tests.browser's ``page``): the jobs published here keep their status."""
+    return projector_and_api
 
 
 async def isolation_of(page: Page, selector: str, text: str) -> str:
