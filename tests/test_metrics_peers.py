@@ -17,8 +17,8 @@ from prometheus_client import CollectorRegistry, Counter, generate_latest
 from jobrunner.common.looptime import MOST_BOUNDS
 from jobrunner.common.settings import Settings
 from jobrunner.embedded.serverprocess import free_port
+from tests.metrics_support import scrape, value
 from tests.system import System
-from tests.test_metrics import scrape, value
 from tests.tools.metrics_peer import metrics_peer
 
 pytestmark = pytest.mark.timeout(90)
