@@ -59,6 +59,8 @@ async def test_status_and_progress_have_spoken_labels(page: Page, system: System
     await expect(bar).to_have_attribute("aria-label", re.compile(r"^Status: Läuft, \d+ %$"))
     announcer = page.locator("#announcer")
     await expect(announcer).to_have_attribute("aria-live", "polite")
-    await expect(announcer).to_have_text("Job Emit lines beendet: Erfolgreich", timeout=30_000)
+    await expect(announcer).to_have_text(
+        "Job \u2068Emit lines\u2069 beendet: Erfolgreich", timeout=30_000
+    )
     # The terminal itself never speaks each line.
     await expect(page.locator("[data-terminal]")).to_have_count(0)

@@ -32,7 +32,7 @@ async def test_side_panel_shows_jobs_and_patches_them_live(page: Page, system: S
     await expect(row).to_contain_text("Emit lines")
     await expect(row).to_have_attribute("data-status", "completed", timeout=30_000)
     await expect(row.get_by_role("link")).to_have_accessible_name(
-        "Emit lines \u2013 Status: Erfolgreich, 100 % \u2013 Erfolgreich"
+        "\u2068Emit lines\u2069 \u2013 Status: Erfolgreich, 100 % \u2013 Erfolgreich"
     )
     await page.keyboard.press("Escape")
     await expect(panel).to_be_hidden()

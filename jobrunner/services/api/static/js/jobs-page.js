@@ -98,7 +98,7 @@ function follow(cardEl) {
     done: (done) => {
       streamStatus.set(jobId, done.status);
       terminal.flush();
-      announce(t("live.finished", { title, status: t(`status.${done.status}`) }));
+      announce(t("live.finished", { title: isolated(title), status: t(`status.${done.status}`) }));
       followed.delete(jobId);
       ended.add(jobId);
       endedUnseen.set(jobId, 0);

@@ -245,7 +245,7 @@ export function setUpNewBatch({ onStarted }) {
     const answer = await response.json().catch(() => ({}));
     if (response.status === 201) {
       dialog.close();
-      announce(`${t("newbatch.started")}: ${batchName}`);
+      announce(`${t("newbatch.started")}: ${isolated(batchName)}`);
       entries = [];
       nameInput.value = "";
       importStatus.textContent = "";
