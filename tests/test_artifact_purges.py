@@ -672,3 +672,97 @@ async def test_a_pass_ends_before_its_next_record_once_stopped(
     assert [await _recorded(js, names, nuid) for nuid in nuids] == [True, True]
     await artifactpurges.sweep(js, names, GRACE)
     assert [await _recorded(js, names, nuid) for nuid in nuids] == [False, False]
+
+
+class RecordsWrittenSlowly(artifactpurges.UploadRecords):
+    """The upload's real records; its API takes ``pause`` before each chunk (a slow NATS, a busy
+    API), and ``stall`` more before chunk number ``stall_at``."""
+
+    def __init__(self, *args: Any, pause: float, stall: float = 0.0, stall_at: int = 3) -> None:
+        super().__init__(*args)
+        self.pause, self.stall, self.stall_at = pause, stall, stall_at
+        self.chunks = 0
+
+    async def writing(self, nuid: str) -> None:
+        self.chunks += 1
+        await asyncio.sleep(self.pause + (self.stall if self.chunks == self.stall_at else 0.0))
+        await super().writing(nuid)
+
+
+async def _upload_while_sweeping(
+    js: JetStreamContext, names: Names, object_name: str, records: RecordsWrittenSlowly, size: int
+) -> artifactstore.StoredObject:
+    """``put_file`` through ``records`` while another API sweeps every 0.2 s (a 1 s grace)."""
+
+    async def sweeping() -> None:
+        while True:
+            await artifactpurges.sweep(js, names, 1.0)
+            await asyncio.sleep(0.2)
+
+    sweeper = asyncio.create_task(sweeping())
+    try:
+        return await artifactstore.put_file(
+            js,
+            names,
+            object_name,
+            io.BytesIO(b"N" * size),
+            size,
+            lambda: False,
+            records._replaces,
+            records,
+        )
+    finally:
+        sweeper.cancel()
+
+
+async def test_an_upload_storing_for_several_windows_is_stored(
+    system: System, js: JetStreamContext
+) -> None:
+    """Storing the chunks takes three windows (30 chunks, 0.1 s each, a 1 s window) while
+    another API sweeps: the attempt's record is renewed as its chunks are written, so the
+    window bounds a silent API, not an upload's length; the name serves the new content,
+    whole. Before, the sweep confirmed the attempt a window after its first chunk and every
+    such upload was refused 503."""
+    names = Names(system.settings.prefix)
+    object_name = "purgetest/stored-slowly"
+    first = await _store(js, names, object_name, b"P" * 300_000)
+    records = RecordsWrittenSlowly(js, names, object_name, first, 1.0, pause=0.1)
+    size = 30 * artifactstore.CHUNK_BYTES
+    stored = await asyncio.wait_for(
+        _upload_while_sweeping(js, names, object_name, records, size), 60
+    )
+    assert records.chunks == 30
+    served = await artifactstore.object_info(js, names, object_name)
+    assert served.nuid == stored.nuid
+    assert stored.size == size
+    assert await _has_chunks(js, names, stored.nuid)
+
+
+@pytest.mark.parametrize(
+    ("stall", "stored"),
+    [(WINDOW / 3, True), (WINDOW * 1.5, False)],
+    ids=["third-of-window", "window-and-a-half"],
+)
+async def test_an_api_silent_between_two_chunks_past_the_window_loses_the_attempt(
+    system: System, js: JetStreamContext, stall: float, stored: bool
+) -> None:
+    """The API stalls between two chunks while another API sweeps. A third of the window (3 s
+    here): at most two thirds since the record's last renewal, the sweep leaves it and the
+    upload is stored. A window and a half: the sweep confirms the attempt as garbage, the
+    renewal's compare-and-set fails and the upload is given up (503, the worker sends it
+    again); the name still serves its earlier content."""
+    names = Names(system.settings.prefix)
+    object_name = f"purgetest/silent-{int(stall * 10)}"
+    first = await _store(js, names, object_name, b"P" * 300_000)
+    records = RecordsWrittenSlowly(js, names, object_name, first, WINDOW, pause=0.0, stall=stall)
+    size = 6 * artifactstore.CHUNK_BYTES
+    upload = _upload_while_sweeping(js, names, object_name, records, size)
+    if stored:
+        new = await asyncio.wait_for(upload, 30)
+        assert (await artifactstore.object_info(js, names, object_name)).nuid == new.nuid
+        assert await _has_chunks(js, names, new.nuid)
+    else:
+        with pytest.raises(artifactstore.AttemptTaken):
+            await asyncio.wait_for(upload, 30)
+        assert (await artifactstore.object_info(js, names, object_name)).nuid == first
+        assert await _has_chunks(js, names, first)

@@ -9,6 +9,12 @@ nuid) *before* anything could make it garbage (``UploadRecords``):
 - before each upload attempt writes a chunk: its own nuid, and the nuid the name serves now (the
   content it is about to replace), both *unconfirmed*: due an upload window later (the setting
   ``artifact_upload_window_seconds``, 80 s);
+- while the attempt's chunks are written, its own record is *renewed* about every third of a
+  window (``UploadRecords.writing``): a compare-and-set of the revision it wrote, due a window on
+  again. So the window bounds how long an API may be silent (dead, stalled), not how long it
+  takes to store an upload; should a sweep have confirmed the record first (the API stalled two
+  thirds of a window between two chunks), the compare-and-set fails and the attempt is given up
+  (503), as at the fence;
 - right before the attempt's description is published, its own record is *fenced*: a
   compare-and-set of the revision it wrote pushes its due ``DESCRIBING_WINDOW_SECONDS`` (an hour)
   on. Should a sweep have changed the record first (it confirmed or took it: the API stalled past
@@ -71,6 +77,9 @@ log = structlog.get_logger()
 # again). Long on purpose: neither content has a reader waiting for its space back, and a
 # successful upload brings its record back to the upload window at once.
 DESCRIBING_WINDOW_SECONDS = 3600.0
+# An attempt's record is renewed this many times a window while its chunks are written: a sweep
+# confirms it only if the API writes nothing for two thirds of a window (a stall, a death).
+RENEWALS_PER_WINDOW = 3
 # JetStream's refusal of a publish whose expected last subject sequence is not the subject's.
 WRONG_LAST_SEQUENCE = 10071
 # The most subjects the server details in one stream info answer (then pages, by offset): the
@@ -193,13 +202,31 @@ class UploadRecords:
         self._replaces = replaces
         self._window = window
         self._revisions: dict[str, int] = {}  # attempt nuid -> its record's revision
+        self._renew_at = 0.0  # monotonic: when the attempt's record is next renewed
 
     async def attempt(self, nuid: str) -> None:
         """Before the attempt's first chunk."""
+        self._renew_at = time.monotonic() + self._window / RENEWALS_PER_WINDOW
         self._revisions[nuid] = await record(
             self._js, self._names, nuid, self._object_name, self._window
         )
         await self._record_replaced()
+
+    async def writing(self, nuid: str) -> None:
+        """Between the attempt's chunks: once a third of a window has passed since its record
+        was written, the record is due a window on again (a compare-and-set of its revision),
+        so that storing a big upload may take longer than the window;
+        :class:`artifactstore.AttemptTaken` if a sweep confirmed it first. The replaced
+        content's record is not renewed: a sweep finding it due while the name still serves it
+        drops it, and the fence records it again."""
+        if time.monotonic() < self._renew_at:
+            return
+        self._renew_at = time.monotonic() + self._window / RENEWALS_PER_WINDOW
+        renewed = PendingPurge(self._object_name, time.time() + self._window, confirmed=False)
+        revision = await _put(self._js, self._names, nuid, renewed, last=self._revisions[nuid])
+        if revision is None:
+            raise artifactstore.AttemptTaken(self._object_name)
+        self._revisions[nuid] = revision
 
     async def describing(self, nuid: str) -> None:
         """Right before the attempt's description is published: fence it against the sweep

@@ -416,8 +416,10 @@ BOUNDS: dict[str, Bounds] = {
     "artifact_read_idle_seconds": _seconds(high=LONGEST_SECONDS // 3),
     "artifact_purge_sweep_seconds": _seconds(),
     # At most the describing window (artifactpurges.DESCRIBING_WINDOW_SECONDS, an hour): the
-    # fence only ever makes a record's due later.
-    "artifact_upload_window_seconds": _seconds(high=3600),
+    # fence only ever makes a record's due later. At least a second: an upload renews its
+    # attempt's record every third of the window, and a shorter one would give up any upload
+    # whose API paused a fraction of a second between two chunks (a loaded machine's pause).
+    "artifact_upload_window_seconds": _seconds(low=1, high=3600),
     # 0: no limit; else at least the event stream's duplicate window, which JetStream takes
     # only within the max age (error 10052 stopped the start), in a round figure of days
     # (0.0014: 121 s).

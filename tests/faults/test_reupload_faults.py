@@ -361,13 +361,17 @@ async def test_an_upload_killed_mid_chunks_leaves_no_chunks(
     stored, before its description: the name still serves the first content (whole, never
     purged), and the attempt's chunks go once the restarted API's sweep finds the name not
     serving them after the upload window (``artifact_upload_window_seconds``, 4 s here, 80 s by
-    default): just before the window's end the attempt is still recorded unconfirmed, its
-    chunks kept; after it, and two graces, they are gone. On main they stayed until the
-    bucket's max age."""
+    default) from the record's last renewal: just before the window's end the attempt is still
+    recorded unconfirmed, its chunks kept; after it, and two graces, they are gone. On main
+    they stayed until the bucket's max age. The cluster's own API is stopped meanwhile, so the
+    restarted API's sweeps are the ones that purge. (About 25 s: the window, then the sweep's
+    confirmation due a grace on and its purge taken a grace past that, two graces of 10 s.)"""
     names = Names(cluster.settings.prefix)
     first, big = b"1" * MIB, bytes(range(256)) * (512 * 1024)  # 1 MiB, 128 MiB
     api = cluster.services[short_window_api]
     url = cluster.api_addresses[short_window_api].url
+    other_api = cluster.services["api"]
+    other_api.stop()
     try:
         async with httpx.AsyncClient(base_url=url, timeout=30) as client:
             job = await _running_job(client)
@@ -400,14 +404,14 @@ async def test_an_upload_killed_mid_chunks_leaves_no_chunks(
         assert record is not None
         due = record.due
         assert due - time.time() <= SHORT_WINDOW, "not due the short window after its record"
-        # Just shorter than the window: the other API's sweeps (every 5 s) leave it alone.
+        # Just shorter than the window: no API sweeps (both are down).
         await asyncio.sleep(max(0.0, due - JUST - time.time()))
         before_due = await _record_of(js, names, attempt)
         assert before_due is not None
         assert not before_due.confirmed
         assert await _has_chunks(js, names, attempt)
         await cluster.start_service(short_window_api)
-        # Longer: confirmed by a sweep past its due, purged a grace past that.
+        # Longer: confirmed by its sweep past its due, purged a grace past that.
         async with asyncio.timeout(due - time.time() + GRACE * 6):
             while await _attempt_left(js, names, attempt, object_name):  # noqa: ASYNC110
                 await asyncio.sleep(0.5)  # the sweep runs in the API: poll the bucket
@@ -417,6 +421,8 @@ async def test_an_upload_killed_mid_chunks_leaves_no_chunks(
     finally:
         if not api.alive:
             await cluster.start_service(short_window_api)
+        if not other_api.alive:
+            await cluster.start_service("api")
     assert served.content == first
 
 
