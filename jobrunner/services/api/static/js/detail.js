@@ -126,7 +126,7 @@ export function initDetailPage() {
       }
     },
     done: (done) => {
-      const title = document.querySelector("h1")?.firstChild?.textContent.trim() ?? "";
+      const title = document.querySelector("h1 bdi")?.textContent ?? "";
       announce(t("live.finished", { title: isolated(title), status: t(`status.${done.status}`) }));
       refreshArtifacts(document.getElementById("artifacts"));
       toggle?.closest("label")?.remove();

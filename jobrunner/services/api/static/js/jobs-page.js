@@ -79,7 +79,7 @@ function follow(cardEl) {
   const view = document.querySelector(`#term-${CSS.escape(jobId)} [data-terminal]`);
   const toggle = document.querySelector(`#term-${CSS.escape(jobId)} [data-autoscroll]`);
   const terminal = new Terminal(view, toggle);
-  const title = cardEl.querySelector("h3")?.firstChild?.textContent.trim() ?? jobId;
+  const title = cardEl.querySelector("h3 bdi")?.textContent ?? jobId;
   const stream = followJob(jobId, {
     line: (line) => terminal.push(line),
     reset: () => terminal.clear(), // the new stream sends the job's lines from its first
