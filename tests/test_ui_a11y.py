@@ -8,6 +8,7 @@ import msgspec
 import pytest
 from playwright.async_api import Page, expect
 
+from jobrunner.common.bidicontrols import isolated
 from jobrunner.common.settings import Settings
 from tests.system import System
 from tests.tools.job_type_files import TEST_TYPES
@@ -60,7 +61,7 @@ async def test_status_and_progress_have_spoken_labels(page: Page, system: System
     announcer = page.locator("#announcer")
     await expect(announcer).to_have_attribute("aria-live", "polite")
     await expect(announcer).to_have_text(
-        "Job \u2068Emit lines\u2069 beendet: Erfolgreich", timeout=30_000
+        f"Job {isolated('Emit lines')} beendet: Erfolgreich", timeout=30_000
     )
     # The terminal itself never speaks each line.
     await expect(page.locator("[data-terminal]")).to_have_count(0)
