@@ -243,7 +243,8 @@ async def test_job_type_titles_in_announcements_are_isolated(
     await expect(page.locator('[data-job-card][data-job-id="elsewhere"]')).to_be_attached()
     await publish(settings, [finished("elsewhere")])
     await announced(page, f"Job {TITLE_IN_LABEL} beendet: Erfolgreich")
-    await publish(settings, job_events("watched", "spoof", status=JobStatus.RUNNING))
+    watched = job_events("watched", "spoof", status=JobStatus.RUNNING)
+    await wait_projected(settings, await publish(settings, watched))  # its page is there
     await page.goto("/jobs/watched")
     await page.wait_for_selector("html[data-ready]")
     await page.evaluate(RECORD_ANNOUNCEMENTS)
