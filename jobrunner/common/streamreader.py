@@ -64,20 +64,27 @@ READ_LIMIT = READ_SIZE * 4
 # the delivery's time, which neither parser reads: ``[^.]`` scans its 19 digits in the tight
 # loop, where ``\d`` looks each up in a category (session 40). 40 % fewer
 # instructions a message than the strict ``[^ \r\n]+`` classes (``bench/RESULTS.md``,
-# session 37). Groups: ``<stream seq>.<consumer seq>``, pending, header size, size; the subject
+# session 37). Groups: ``<stream seq>.<consumer seq>``, header size, size (the pending count
+# is read once a run, ``_PENDING``); the subject
 # first in the second form.
 # Sizes of at most six digits are always under the frame limit (``frame_limit``: over 64 MiB),
 # so the fast path needs no size check of its own: a larger message (and a size no
 # ``int()`` takes, 4,300 digits and more) goes through the general parser, which checks each.
 # The pending count has at most 20 digits (a 64-bit number), so ``pending`` can always make it one.
 _HEAD = (
-    rb"HMSG [^ ]++ [^ ]++ \$JS\.ACK\.[^.]++\.[^.]++\.\d++\.(\d++\.\d++)\.[^.]++\.(\d{1,20}+) "
+    rb"HMSG [^ ]++ [^ ]++ \$JS\.ACK\.[^.]++\.[^.]++\.\d++\.(\d++\.\d++)\.[^.]++\.\d{1,20}+ "
     rb"(\d{1,6}+) (\d{1,6}+)\r\n"
 )
 # The same, the subject taken too: for a reader that skips the bodies of some subjects.
 _HEAD_WITH_SUBJECT = (
-    rb"HMSG ([^ ]++) [^ ]++ \$JS\.ACK\.[^.]++\.[^.]++\.\d++\.(\d++\.\d++)\.[^.]++\.(\d{1,20}+) "
+    rb"HMSG ([^ ]++) [^ ]++ \$JS\.ACK\.[^.]++\.[^.]++\.\d++\.(\d++\.\d++)\.[^.]++\.\d{1,20}+ "
     rb"(\d{1,6}+) (\d{1,6}+)\r\n"
+)
+# The pending count of a run's last delivery, read from where its head starts (its CRLF first
+# when it followed another): only that one tells what is left, so it is not taken as a group
+# from every delivery of the run (a bytes object made and freed a message).
+_PENDING = re.compile(
+    rb"(?:\r\n)?HMSG [^ ]++ [^ ]++ \$JS\.ACK\.[^.]++\.[^.]++\.\d++\.\d++\.\d++\.[^.]++\.(\d{1,20}+) "
 )
 _DELIVERY = re.compile(_HEAD)
 _DELIVERY_WITH_SUBJECT = re.compile(_HEAD_WITH_SUBJECT)
@@ -596,7 +603,7 @@ class StreamReader:
         sequences: list[bytes] = []
         bodies: list[bytes] = []
         add_sequence, add_body = sequences.append, bodies.append
-        pending = None
+        last = None  # the last delivery taken
         end = pos  # where the last body taken ends
         skip = self._skip
         # One loop for each kind of reader: a test of ``skip`` for each message cost more than
@@ -605,7 +612,7 @@ class StreamReader:
             found = _DELIVERY.match(buf, pos)
             following = _NEXT_DELIVERY.match
             while found is not None:
-                both, pending_now, header_size, total = found.groups()
+                both, header_size, total = found.groups()
                 body = found.end()
                 after = body + (sizes.get(total) or int(total))
                 if after + 2 > size:
@@ -615,7 +622,7 @@ class StreamReader:
                 start = body + (sizes.get(header_size) or int(header_size))
                 if start > after:
                     return None  # headers larger than the message
-                pending = pending_now
+                last = found
                 add_sequence(both)
                 add_body(buf[start:after])
                 end = after
@@ -624,7 +631,7 @@ class StreamReader:
             found = _DELIVERY_WITH_SUBJECT.match(buf, pos)
             following = _NEXT_DELIVERY_WITH_SUBJECT.match
             while found is not None:
-                subject, both, pending_now, header_size, total = found.groups()
+                subject, both, header_size, total = found.groups()
                 body = found.end()
                 after = body + (sizes.get(total) or int(total))
                 if after + 2 > size:
@@ -632,12 +639,12 @@ class StreamReader:
                 start = body + (sizes.get(header_size) or int(header_size))
                 if start > after:
                     return None
-                pending = pending_now
+                last = found
                 add_sequence(both)
                 add_body(b"" if subject.endswith(skip) else buf[start:after])
                 end = after
                 found = following(buf, after)
-        if not bodies:
+        if last is None:
             return pos
         if buf[end : end + 2] != b"\r\n":  # the last body's end (the others' were matched)
             return None
@@ -651,7 +658,9 @@ class StreamReader:
         out += zip(numbers[0::2], bodies, strict=True)
         self._consumer_seq = first + len(bodies) - 1
         self.last_seq = out[-1][0]
-        self._pending = pending
+        pending = _PENDING.match(buf, last.start())
+        assert pending is not None  # the same head, matched by a longer pattern already
+        self._pending = pending[1]
         return end + 2
 
     def _sequence(self, reply: bytes) -> int:
