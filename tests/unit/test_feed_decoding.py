@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from jobrunner.common.loglevels import LEVELS, STREAMS, Level, Stream
 from jobrunner.contracts import codec, events
-from jobrunner.services.projector import feed, nulfree
+from jobrunner.services.projector import nulfree
 from jobrunner.services.projector.feed import NO_TIME, EventFeed
 from jobrunner.services.projector.projections import Change, LinesAppended, Unreadable, project
 
@@ -279,53 +279,3 @@ def test_the_nul_free_lines_take_exactly_the_runners_streams_and_levels() -> Non
             line = events.LogLine(1, stream, level, AT, "hi")
             data = codec.encode(events.LineLogged(job_id="j1", lines=[line]))
             assert type(nulfree.decode(data)) is nulfree.NulFreeLineLogged
-
-
-def _cut_and_joined(bodies: list[bytes], cut: int, joined_with: bytes, where: int) -> list[bytes]:
-    """The bodies with one of them cut in two messages and two others made one message (joined
-    with ``joined_with``): pieces of JSON that only read as events together."""
-    first = bodies[where % len(bodies)]
-    at = cut % (len(first) + 1)
-    out = [
-        *bodies[: where % len(bodies)],
-        first[:at],
-        first[at:],
-        *bodies[where % len(bodies) + 1 :],
-    ]
-    if len(out) >= 3:
-        out[0:2] = [out[0] + joined_with + out[1]]
-    return out
-
-
-@settings(deadline=None, max_examples=300)
-@given(
-    st.lists(st.one_of(LINES, STATUSES, PROGRESS).map(codec.encode), min_size=2, max_size=6),
-    st.integers(0, 10_000),
-    st.sampled_from([b",", b" ", b"", b'],"', b"\n"]),
-    st.integers(0, 5),
-)
-def test_a_message_that_is_not_one_json_value_is_judged_by_its_own_bytes(
-    bodies: list[bytes], cut: int, joined_with: bytes, where: int
-) -> None:
-    """A read decoded in one call never lets a message's bytes complete another's: an event cut
-    across two messages is set aside twice and two events in one message once, as when each
-    message is decoded alone."""
-    pieces = _cut_and_joined(bodies, cut, joined_with, where)
-    messages = list(enumerate(pieces, start=1))
-    assert asyncio.run(_fed(messages)) == [(seq, _as_before(seq, data)) for seq, data in messages]
-
-
-def test_a_read_of_usual_events_is_decoded_in_one_call() -> None:
-    """The usual read (events without NUL) takes the one-call path, with each event's changes."""
-    bodies = [codec.encode(e) for e in EVENTS if not isinstance(e, events.LineLogged)]
-    bodies.append(
-        codec.encode(
-            events.LineLogged(job_id="j1", lines=[events.LogLine(1, "stdout", "INFO", AT, "hi")])
-        )
-    )
-    messages = list(enumerate(bodies, start=1))
-    assert feed._decoded_together(messages) == [
-        (seq, _as_before(seq, data)) for seq, data in messages
-    ]
-    # A NUL in one message sends the whole read the message-by-message way.
-    assert feed._decoded_together([*messages, (9, codec.encode(EVENTS[2]))]) is None

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import secrets
-from typing import Any, Literal
+from typing import Any
 
 import msgspec
 import structlog
@@ -37,18 +36,6 @@ RECONNECTED_POLL_SECONDS = 0.05  # how often a feed waiting for nats-py's reconn
 CLOSE_SECONDS = 6.0
 BACKSLASH = ord("\\")  # the byte that starts every JSON escape, \u0000's too
 NO_TIME = "MissingField: the event has no occurred_at (its time would be when it is read)"
-# A read's messages decoded in one C call (``_decoded_together``), each body followed by this
-# string: a ``JSON`` array of event, separator, event ... One call instead of one a message saves
-# the decoder's entry and the feed's per-message checks (about 2 % of a replay's instructions,
-# bench/RESULTS.md, session 41). The separator is drawn at random once per process and never
-# published, so no body can hold it: a body that is not exactly one JSON value (two events, or
-# a piece of one that the next body completes) moves, swallows or adds separators, which the
-# count and places of the separators decoded catch. Then, and whenever the array does not
-# decode (a NUL, an unknown type, a malformed body), the read is decoded message by message as
-# before, so each message's outcome is what its own bytes say.
-_SEPARATOR = secrets.token_hex(16)
-_JOINER = b',"' + _SEPARATOR.encode() + b'",'
-_decode_together = msgspec.json.Decoder(list[NulFreeEvent | Literal[_SEPARATOR]]).decode  # type: ignore[valid-type]
 
 
 class EventFeed:
@@ -226,9 +213,46 @@ class EventFeed:
                     failures = 0
                     if not self._decoding.is_set():
                         await self._decoding.wait()
-                    batch = _decoded_together(messages)
-                    if batch is None:
-                        batch = _decoded_one_by_one(messages)
+                    batch: list[tuple[int, list[Change]]] = []
+                    append = batch.append
+                    for seq, data in messages:
+                        # The decoder called directly and the time check inlined: two Python
+                        # calls an event fewer on the replay's path (a million events).
+                        # A message without NUL (nearly all) decodes into the types whose
+                        # projections skip the NUL checks (nulfree.py).
+                        event: AnyEvent | NulFreeEvent | None
+                        # A backslash first: one byte, found at memchr's speed, and most
+                        # messages hold no escape at all. Asked as the byte's value
+                        # (``BACKSLASH in``): bytes' ``in`` takes an integer straight to memchr,
+                        # cheaper than a ``find`` call; a bytes operand would cost it a
+                        # TypeError raised and cleared every time, so the six bytes go to
+                        # ``find``. Outside the ``try``: a body that is no bytes-like object is a
+                        # bug to see, not a decoding failure that would send every message the
+                        # slow way.
+                        holds_nul = BACKSLASH in data and data.find(JSON_NUL) >= 0
+                        try:
+                            event = decode_known(data) if holds_nul else decode_nul_free(data)
+                        except Exception:  # codec.decode, asked next, says what it was
+                            try:
+                                event = codec.decode(data)
+                            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                                # A malformed message must not stop the read models: it is set
+                                # aside (recorded) where the batch is applied.
+                                unreadable: list[Change] = [
+                                    Unreadable(f"{type(exc).__name__}: {exc}")
+                                ]
+                                append((seq, unreadable))
+                                continue
+                            if event is None:  # a type this version does not know
+                                append((seq, []))
+                                continue
+                        if event.occurred_at.tzinfo is UNSENT_UTC:  # names_its_time, inlined
+                            # A foreign publisher's event without its time: decoding stamped
+                            # it with now, so the live read models and every replay would each
+                            # store another time. Set aside, the same way every time it is read.
+                            append((seq, [Unreadable(NO_TIME)]))
+                            continue
+                        append((seq, project(event, seq)))
                     await self._queue.put(batch)
             except StreamReaderError as exc:
                 failures += 1
@@ -291,73 +315,3 @@ class EventFeed:
                 self._task = None
         finally:
             await self._reader.close()
-
-
-def _decoded_together(messages: list[tuple[int, bytes]]) -> list[tuple[int, list[Change]]] | None:
-    """A read's messages decoded and projected with one decoder call; None when any of them
-    needs the message-by-message path (see ``_SEPARATOR``)."""
-    if not messages:
-        return []
-    seqs, bodies = zip(*messages, strict=True)
-    joined = b"[" + _JOINER.join(bodies) + b"]"
-    if BACKSLASH in joined and joined.find(JSON_NUL) >= 0:
-        return None  # a NUL somewhere: the contract's types clean those messages
-    try:
-        decoded: list[Any] = _decode_together(joined)
-    except (msgspec.DecodeError, msgspec.ValidationError):
-        return None
-    if len(decoded) != 2 * len(bodies) - 1 or decoded[1::2].count(_SEPARATOR) != len(bodies) - 1:
-        return None  # a body that was not exactly one JSON value
-    batch: list[tuple[int, list[Change]]] = []
-    append = batch.append
-    for seq, event in zip(seqs, decoded[0::2], strict=True):
-        if event.occurred_at.tzinfo is UNSENT_UTC:  # as the message-by-message path
-            append((seq, [Unreadable(NO_TIME)]))
-        else:
-            append((seq, project(event, seq)))
-    return batch
-
-
-def _decoded_one_by_one(messages: list[tuple[int, bytes]]) -> list[tuple[int, list[Change]]]:
-    """A read's messages decoded and projected one by one: each outcome (an event's changes, an
-    ``Unreadable`` to set aside, nothing for a type this version does not know) is what its own
-    bytes say."""
-    batch: list[tuple[int, list[Change]]] = []
-    append = batch.append
-    for seq, data in messages:
-        # The decoder called directly and the time check inlined: two Python
-        # calls an event fewer on the replay's path (a million events).
-        # A message without NUL (nearly all) decodes into the types whose
-        # projections skip the NUL checks (nulfree.py).
-        event: AnyEvent | NulFreeEvent | None
-        # A backslash first: one byte, found at memchr's speed, and most
-        # messages hold no escape at all. Asked as the byte's value
-        # (``BACKSLASH in``): bytes' ``in`` takes an integer straight to memchr,
-        # cheaper than a ``find`` call; a bytes operand would cost it a
-        # TypeError raised and cleared every time, so the six bytes go to
-        # ``find``. Outside the ``try``: a body that is no bytes-like object is a
-        # bug to see, not a decoding failure that would send every message the
-        # slow way.
-        holds_nul = BACKSLASH in data and data.find(JSON_NUL) >= 0
-        try:
-            event = decode_known(data) if holds_nul else decode_nul_free(data)
-        except Exception:  # codec.decode, asked next, says what it was
-            try:
-                event = codec.decode(data)
-            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                # A malformed message must not stop the read models: it is set
-                # aside (recorded) where the batch is applied.
-                unreadable: list[Change] = [Unreadable(f"{type(exc).__name__}: {exc}")]
-                append((seq, unreadable))
-                continue
-            if event is None:  # a type this version does not know
-                append((seq, []))
-                continue
-        if event.occurred_at.tzinfo is UNSENT_UTC:  # names_its_time, inlined
-            # A foreign publisher's event without its time: decoding stamped
-            # it with now, so the live read models and every replay would each
-            # store another time. Set aside, the same way every time it is read.
-            append((seq, [Unreadable(NO_TIME)]))
-            continue
-        append((seq, project(event, seq)))
-    return batch
