@@ -84,7 +84,8 @@ _HEAD_WITH_SUBJECT = (
 # when it followed another): only that one tells what is left, so it is not taken as a group
 # from every delivery of the run (a bytes object made and freed a message).
 _PENDING = re.compile(
-    rb"(?:\r\n)?HMSG [^ ]++ [^ ]++ \$JS\.ACK\.[^.]++\.[^.]++\.\d++\.\d++\.\d++\.[^.]++\.(\d{1,20}+) "
+    rb"(?:\r\n)?HMSG [^ ]++ [^ ]++ \$JS\.ACK\.[^.]++\.[^.]++\."
+    rb"\d++\.\d++\.\d++\.[^.]++\.(\d{1,20}+) "
 )
 _DELIVERY = re.compile(_HEAD)
 _DELIVERY_WITH_SUBJECT = re.compile(_HEAD_WITH_SUBJECT)

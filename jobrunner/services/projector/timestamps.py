@@ -34,8 +34,12 @@ _INFINITY_MICROS = (_INFINITY.replace(tzinfo=UTC) - _EPOCH) // _MICROSECOND
 _NEGATIVE_INFINITY_MICROS = (_NEGATIVE_INFINITY.replace(tzinfo=UTC) - _EPOCH) // _MICROSECOND
 # Instants a day and more inside Python's range: asyncpg's conversion to UTC cannot overflow
 # there, nor can the instant be one of its infinities.
-_SAFE_FROM = (datetime(1, 1, 2, tzinfo=UTC) - _EPOCH) // _MICROSECOND
-_SAFE_UNTIL = (datetime(9999, 12, 30, tzinfo=UTC) - _EPOCH) // _MICROSECOND
+# Counted in whole days (the difference's ``days``): numbers of one machine word, which the
+# interpreter compares in its specialised fast path, where the microseconds since 2000 take two
+# words and the generic comparison (~400 instructions a time the encoder does not know yet,
+# bench/RESULTS.md, session 41). The first safe day itself goes the careful way too.
+_SAFE_FROM_DAYS = (datetime(1, 1, 2, tzinfo=UTC) - _EPOCH).days
+_SAFE_UNTIL_DAYS = (datetime(9999, 12, 30, tzinfo=UTC) - _EPOCH).days
 
 
 # The last time encoded the usual way with a fixed offset (a ``datetime.timezone``, as every
@@ -64,11 +68,11 @@ def encode(value: Any) -> tuple[int]:
         delta = value - _EPOCH
     except TypeError:  # a naive value, or a date
         return (_as_asyncpg_does(value),)
-    # Its three fields, not ``delta // _MICROSECOND``: that converts both timedeltas to
-    # microseconds, the constant too, every time.
-    micros = (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
-    if _SAFE_FROM < micros < _SAFE_UNTIL:
-        encoded = (micros,)
+    days = delta.days
+    if _SAFE_FROM_DAYS < days < _SAFE_UNTIL_DAYS:
+        # Its three fields, not ``delta // _MICROSECOND``: that converts both timedeltas to
+        # microseconds, the constant too, every time.
+        encoded = ((days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds,)
         if type(value.tzinfo) is timezone:
             _last_value, _last_encoded = value, encoded
         return encoded
