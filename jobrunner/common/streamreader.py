@@ -64,9 +64,8 @@ READ_LIMIT = READ_SIZE * 4
 # the delivery's time, which neither parser reads: ``[^.]`` scans its 19 digits in the tight
 # loop, where ``\d`` looks each up in a category (session 40). 40 % fewer
 # instructions a message than the strict ``[^ \r\n]+`` classes (``bench/RESULTS.md``,
-# session 37). Groups: ``<stream seq>.<consumer seq>``, header size, size (the pending count
-# is read once a run, ``_PENDING``); the subject
-# first in the second form.
+# session 37). Groups: ``<stream seq>.<consumer seq>``, header size, size; the subject first in
+# the second form. The pending count is read once a run (``_PENDING``).
 # Sizes of at most six digits are always under the frame limit (``frame_limit``: over 64 MiB),
 # so the fast path needs no size check of its own: a larger message (and a size no
 # ``int()`` takes, 4,300 digits and more) goes through the general parser, which checks each.

@@ -34,9 +34,9 @@ _INFINITY_MICROS = (_INFINITY.replace(tzinfo=UTC) - _EPOCH) // _MICROSECOND
 _NEGATIVE_INFINITY_MICROS = (_NEGATIVE_INFINITY.replace(tzinfo=UTC) - _EPOCH) // _MICROSECOND
 # Instants a day and more inside Python's range: asyncpg's conversion to UTC cannot overflow
 # there, nor can the instant be one of its infinities.
-# Counted in whole days (the difference's ``days``): numbers of one machine word, which the
-# interpreter compares in its specialised fast path, where the microseconds since 2000 take two
-# words and the generic comparison (~400 instructions a time the encoder does not know yet,
+# Counted in whole days (the difference's ``days``): one of the interpreter's 30-bit digits,
+# compared in its specialised fast path, where the microseconds since 2000 take two digits and
+# the generic comparison (~160 instructions more a time the encoder has not just encoded,
 # bench/RESULTS.md, session 41). The first safe day itself goes the careful way too.
 _SAFE_FROM_DAYS = (datetime(1, 1, 2, tzinfo=UTC) - _EPOCH).days
 _SAFE_UNTIL_DAYS = (datetime(9999, 12, 30, tzinfo=UTC) - _EPOCH).days
