@@ -65,7 +65,7 @@ READ_LIMIT = READ_SIZE * 4
 # loop, where ``\d`` looks each up in a category (session 40). 40 % fewer
 # instructions a message than the strict ``[^ \r\n]+`` classes (``bench/RESULTS.md``,
 # session 37). Groups: ``<stream seq>.<consumer seq>``, header size, size; the subject first in
-# the second form. The pending count is read once a run (``_PENDING``).
+# the second form. The pending count is cut from the last delivery's head when asked (``pending``).
 # Sizes of at most six digits are always under the frame limit (``frame_limit``: over 64 MiB),
 # so the fast path needs no size check of its own: a larger message (and a size no
 # ``int()`` takes, 4,300 digits and more) goes through the general parser, which checks each.
@@ -78,13 +78,6 @@ _HEAD = (
 _HEAD_WITH_SUBJECT = (
     rb"HMSG ([^ ]++) [^ ]++ \$JS\.ACK\.[^.]++\.[^.]++\.\d++\.(\d++\.\d++)\.[^.]++\.\d{1,20}+ "
     rb"(\d{1,6}+) (\d{1,6}+)\r\n"
-)
-# The pending count of a run's last delivery, read from where its head starts (its CRLF first
-# when it followed another): only that one tells what is left, so it is not taken as a group
-# from every delivery of the run (a bytes object made and freed a message).
-_PENDING = re.compile(
-    rb"(?:\r\n)?HMSG [^ ]++ [^ ]++ \$JS\.ACK\.[^.]++\.[^.]++\."
-    rb"\d++\.\d++\.\d++\.[^.]++\.(\d{1,20}+) "
 )
 _DELIVERY = re.compile(_HEAD)
 _DELIVERY_WITH_SUBJECT = re.compile(_HEAD_WITH_SUBJECT)
@@ -179,8 +172,9 @@ class StreamReader:
         self._consumer_seq = 0
         self._error: StreamReaderError | None = None  # met while parsing, raised next
         self.last_seq = 0  # the last message handed out (or about to be, in a batch)
-        # As delivered (digits): made a number only when asked, a tenth of a message's parse.
-        self._pending: bytes | None = None
+        # The last delivery's pending count as delivered (digits), or the head it is in when the
+        # fast path took it: made a number only when asked, a tenth of a message's parse.
+        self._pending: bytes | re.Match[bytes] | None = None
 
     async def open(self, start_seq: int, request_timeout: float | None = None) -> None:
         """Connect and start delivery at ``start_seq``; an open reader is closed first.
@@ -256,7 +250,14 @@ class StreamReader:
 
     @property
     def pending(self) -> int | None:
-        return None if self._pending is None else int(self._pending)
+        """What the consumer had left to send after the last delivery handed out."""
+        pending = self._pending
+        if isinstance(pending, re.Match):
+            # A fast-path head: the digits between the reply's last dot and the space before
+            # the header size (the next to last group of both patterns).
+            digits_end = pending.start(pending.re.groups - 1) - 1
+            return int(pending.string[pending.string.rindex(b".", 0, digits_end) + 1 : digits_end])
+        return None if pending is None else int(pending)
 
     @property
     def closed(self) -> bool:
@@ -658,9 +659,11 @@ class StreamReader:
         out += zip(numbers[0::2], bodies, strict=True)
         self._consumer_seq = first + len(bodies) - 1
         self.last_seq = out[-1][0]
-        pending = _PENDING.match(buf, last.start())
-        assert pending is not None  # the same head, matched by a longer pattern already
-        self._pending = pending[1]
+        # Only the last delivery's pending count tells what is left: its head is kept and the
+        # count cut from it when asked (``pending``), not taken as a group from each delivery
+        # (a bytes object made and freed a message). It holds this read's buffer until the next
+        # delivery: one read's worth, and the projector's reader never asks.
+        self._pending = last
         return end + 2
 
     def _sequence(self, reply: bytes) -> int:
