@@ -8,10 +8,10 @@ reflected comparison, which costs as much as the conversion itself (1.3 µs for 
 0.55 µs here, timeit on this machine). An aware value never equals a naive one, so for the usual
 value the instant in microseconds since Postgres' epoch is computed directly: the same integer
 asyncpg writes (the difference of two aware datetimes is taken in UTC, as its
-``astimezone(utc)`` does). Anything else (naive values, dates, instants within a day of the ends
-of Python's range, where asyncpg's conversion overflows or its infinities lie) goes the way
-asyncpg goes, step by step, so the stored value, or the error that sets an event aside, is the
-same.
+``astimezone(utc)`` does). Anything else (naive values, dates, instants in the first two or the
+last two days of Python's range: within a day of its ends asyncpg's conversion overflows or its
+infinities lie, and the second day is the margin of comparing whole days) goes the way asyncpg
+goes, step by step, so the stored value, or the error that sets an event aside, is the same.
 """
 
 from __future__ import annotations
@@ -32,12 +32,13 @@ _INFINITY = datetime.max
 _NEGATIVE_INFINITY = datetime.min
 _INFINITY_MICROS = (_INFINITY.replace(tzinfo=UTC) - _EPOCH) // _MICROSECOND
 _NEGATIVE_INFINITY_MICROS = (_NEGATIVE_INFINITY.replace(tzinfo=UTC) - _EPOCH) // _MICROSECOND
-# Instants a day and more inside Python's range: asyncpg's conversion to UTC cannot overflow
-# there, nor can the instant be one of its infinities.
+# Instants from 0001-01-03 to 9999-12-29 (UTC): asyncpg's conversion to UTC cannot overflow
+# there, nor can the instant be one of its infinities. The careful band is two days at each end
+# (one is enough; whole days in the comparison make it two).
 # Counted in whole days (the difference's ``days``): one of the interpreter's 30-bit digits,
 # compared in its specialised fast path, where the microseconds since 2000 take two digits and
 # the generic comparison (~160 instructions more a time the encoder has not just encoded,
-# bench/RESULTS.md, session 41). The first safe day itself goes the careful way too.
+# bench/RESULTS.md, session 41).
 _SAFE_FROM_DAYS = (datetime(1, 1, 2, tzinfo=UTC) - _EPOCH).days
 _SAFE_UNTIL_DAYS = (datetime(9999, 12, 30, tzinfo=UTC) - _EPOCH).days
 
