@@ -520,7 +520,7 @@ def read_through(reader: StreamReader, reads: list[bytes]) -> list[object]:
             seen.append((type(reader._error).__name__, str(reader._error)))
             break
         seen.append(
-            (reader.last_seq, reader._pending, reader._consumer_seq, b"".join(reader._pieces))
+            (reader.last_seq, reader.pending, reader._consumer_seq, b"".join(reader._pieces))
         )
     assert reader._writer is not None
     seen.append(reader._writer.sent)  # type: ignore[attr-defined]
