@@ -72,6 +72,7 @@ class OrderedReader:
         self._drained = asyncio.Event()
         self._drained.set()
         self.sub: JetStreamContext.PushSubscription | None = None
+        self._jsi: Any = None  # nats-py's ordered-consumer state of ``sub``: its flow control
         self._created = False  # the server made its consumer (a refused create made nothing)
         self._closed = False  # unsubscribed, its consumer's deletion on its way
         self._last: Msg | None = None  # the last message put in the batch
@@ -104,6 +105,8 @@ class OrderedReader:
             self._drained.clear()
         if self.on_arrival is None or not self.on_arrival():
             self._arrived.set()
+        if self._jsi._fcr is not None:  # an answer held: this message may be the one it waits for
+            await answer_held_flow_control(self._jsi)
 
     def _lost_one_before(self, msg: Msg) -> bool:
         """Is there a hole in the consumer's sequence before ``msg``? nats-py reports each
@@ -173,7 +176,7 @@ class OrderedReader:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
             return
-        self.sub, self._created = sub, False
+        self.sub, self._jsi, self._created = sub, sub._sub._jsi, False
         try:
             await self._js.add_consumer(self._stream, config)
         except APIError:
@@ -359,6 +362,23 @@ def answer_flow_control_once_taken(sub: JetStreamContext.PushSubscription) -> No
 
 def _taken_from_queue(jsi: Any) -> int:
     return int(jsi._fciseq - jsi._sub._pending_queue.qsize())
+
+
+async def answer_held_flow_control(jsi: Any) -> None:
+    """Send the flow-control answer nats-py holds for ``jsi`` (its request came while messages
+    sent before it were still queued) if the callback has taken those messages now; called by
+    the callback as it takes each message while an answer is held.
+
+    nats-py sends a held answer only from a task that looks every 0.25 s: a reader that took
+    the window at once still left the server idle until then, a quarter of a second for each
+    window of a catch-up (a job's stream from its start read at a third of its speed). Counted
+    as ``answer_flow_control_once_taken`` counts, so never earlier than nats-py's own look."""
+    if _taken_from_queue(jsi) < jsi._fcd:
+        return
+    # Cleared before the publish's first await, as nats-py's look would clear it: sent once.
+    reply, jsi._fcr, jsi._fcd = jsi._fcr, None, 0
+    with contextlib.suppress(Exception):  # closed, or reconnecting with a full buffer: as nats-py
+        await jsi._conn.publish(reply)
 
 
 # Readers by their nats-py subscription, for nats-py's report of the messages it dropped
