@@ -13,14 +13,16 @@ from typing import Any
 
 import nats
 import pytest
-from nats.js import JetStreamContext
-from nats.js.errors import ServiceUnavailableError
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext, api
+from nats.js.errors import NotFoundError, ServiceUnavailableError
 from structlog.testing import capture_logs
 
 from jobrunner.common import ackinbox, retry
 from jobrunner.common.settings import Settings
 from jobrunner.common.subscription import (
     OrderedReader,
+    deletes_pending,
     fetch_one,
     fetch_some,
     last_message,
@@ -445,3 +447,181 @@ async def test_a_flood_dropped_while_nobody_reads_and_more_published_meanwhile_i
         seqs = await read_until_idle(reader, 3)
         assert reader.sub is not first, "nothing dropped: the test tested nothing"
     assert seqs == list(range(1, 21))
+
+
+# --- flow-control answers sent as the reader takes (session 41)
+
+
+async def test_a_reader_that_takes_promptly_never_leaves_the_server_waiting_for_its_answer(
+    settings: Settings, js: JetStreamContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader that takes what comes reads a backlog of many flow-control windows without the
+    server ever stalling for its answer, even for requests that came while the window's last
+    messages were still queued: the reader sends those answers as it takes. nats-py's own look
+    for held answers (every 0.25 s) is stopped here, so an answer left to it would stall the
+    server until its next idle heartbeat (5 s), which says so (``Nats-Consumer-Stalled``).
+    (Before: only that look sent them, up to a quarter second of an idle server per window; a
+    job's stream read from its start came at a third of its speed.)"""
+    names = Names(settings.prefix)
+    count = 20_000  # 20 MB: many windows (about 2 MB at first)
+    await publish(js, [names.job_kind_subject("a", "lines")] * count, size=1000)
+    held: list[str] = []
+    schedule = JetStreamContext._JSI.schedule_flow_control_response
+
+    def hold(jsi: Any, reply: str) -> None:
+        held.append(reply)
+        schedule(jsi, reply)
+
+    async def no_look(jsi: Any) -> None:
+        return None
+
+    monkeypatch.setattr(JetStreamContext._JSI, "schedule_flow_control_response", hold)
+    monkeypatch.setattr(JetStreamContext._JSI, "check_flow_control_response", no_look)
+    stalls: list[str] = []
+
+    async def note_stall(msg: Msg) -> None:
+        if msg.headers and api.Header.CONSUMER_STALLED in msg.headers:
+            stalls.append(msg.headers[api.Header.CONSUMER_STALLED])
+
+    spy = await nats.connect(settings.nats_url)  # sees what the server sends the reader
+    try:
+        async with ordered_reader(js, names.stream, names.all_subjects) as reader:
+            assert reader.sub is not None
+            jsi = reader.sub._sub._jsi
+            await spy.subscribe(jsi._ccreq.deliver_subject, cb=note_stall)
+            seqs: list[int] = []
+            while len(seqs) < count and not stalls:
+                batch = await reader.next_batch(10)
+                assert batch, "the reader went idle before every message arrived"
+                seqs += [m.metadata.sequence.stream for m in batch]
+            unanswered = jsi._fcr
+    finally:
+        await spy.close()
+    assert held, "no request came while messages were queued: the test tested nothing"
+    assert stalls == [], "the server waited for an answer the reader held back"
+    assert unanswered is None
+    assert seqs == list(range(1, count + 1))
+
+
+async def test_a_flow_control_answer_waits_until_the_reader_took_what_came_before_it(
+    settings: Settings, js: JetStreamContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While a reader is behind (its batch full: its viewers have not taken it), its answer to
+    a flow-control request still waits: every held answer goes out only once the reader has
+    taken every message the server sent before the request, whoever sends it (the reader as it
+    takes, or nats-py's look), and every message arrives once, in order."""
+    names = Names(settings.prefix)
+    count = 3000  # 30 MB of 10 kB messages through a 64 kB batch
+    await publish(js, [names.job_kind_subject("a", "lines")] * count, size=10_000)
+    points: dict[str, tuple[Any, int]] = {}  # a held request's reply: its state, its point
+    schedule = JetStreamContext._JSI.schedule_flow_control_response
+
+    def hold(jsi: Any, reply: str) -> None:
+        points[reply] = (jsi, jsi._fciseq)
+        schedule(jsi, reply)
+
+    monkeypatch.setattr(JetStreamContext._JSI, "schedule_flow_control_response", hold)
+    answers: list[tuple[int, int]] = []  # (taken when answered, the request's point)
+    publish_on = js._nc.publish
+
+    async def noting_answers(subject: str, *args: Any, **kwargs: Any) -> None:
+        if subject in points:
+            jsi, point = points[subject]
+            taken = jsi._fciseq - jsi._sub._pending_queue.qsize()  # arrived less still queued
+            answers.append((taken, point))
+        await publish_on(subject, *args, **kwargs)
+
+    monkeypatch.setattr(js._nc, "publish", noting_answers)
+    async with ordered_reader(
+        js, names.stream, names.all_subjects, max_buffered_bytes=64 * 1024
+    ) as reader:
+        batches = await read_all(reader, count)
+    assert answers, "no answer was held: the test tested nothing"
+    assert [(taken, point) for taken, point in answers if taken < point] == []
+    assert [seq for batch in batches for seq in batch] == list(range(1, count + 1))
+
+
+# --- drops while a reader's first consumer is made, and a failing report of a drop
+
+
+async def test_messages_dropped_while_a_readers_first_consumer_is_made_are_read_again(
+    settings: Settings, js: JetStreamContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """nats-py drops messages of a reader whose first consumer's create has not answered yet
+    (the server sends the first messages as it makes the consumer, and may do so before its
+    reply): the reader still gets every message once, in order, and the consumer that create
+    made is deleted at once, not left for the server's clean-up. Here the create's answer is
+    handed back only after the drop, and nothing is delivered to the reader until then.
+    (Before: the reader opened again beside the create, took its consumer for the old one's
+    and left the consumer the create made.)"""
+    names = Names(settings.prefix)
+    count = 100  # 10 MB, its first window more than nats-py's 1 MB queue here
+    await publish(js, [names.job_kind_subject("a", "lines")] * count, size=100_000)
+    small_nats_py_queues(js, monkeypatch)
+    dropped, delivering = asyncio.Event(), asyncio.Event()
+    lost, on_message = OrderedReader.lost_messages, OrderedReader._on_message
+
+    def noting_the_drop(reader: OrderedReader, why: str) -> None:
+        lost(reader, why)
+        dropped.set()
+
+    async def once_delivering(reader: OrderedReader, msg: Msg) -> None:
+        await delivering.wait()
+        await on_message(reader, msg)
+
+    monkeypatch.setattr(OrderedReader, "lost_messages", noting_the_drop)
+    monkeypatch.setattr(OrderedReader, "_on_message", once_delivering)
+    made: list[str] = []
+    add_consumer = js.add_consumer
+
+    async def answered_after_a_drop(stream: str, config: Any, **kwargs: Any) -> Any:
+        made.append(config.name)
+        info = await add_consumer(stream, config, **kwargs)
+        async with asyncio.timeout(30):
+            await dropped.wait()
+        delivering.set()
+        return info
+
+    monkeypatch.setattr(js, "add_consumer", answered_after_a_drop)
+    async with ordered_reader(js, names.stream, names.all_subjects) as reader:
+        seqs = await read_until_idle(reader, 3)
+        async with asyncio.timeout(10):
+            while deletes_pending():  # noqa: ASYNC110 - the reader's deletions: nothing signals them
+                await asyncio.sleep(0.05)
+        # Asked at once: the server would remove it itself 5 s after its subscription went.
+        with pytest.raises(NotFoundError):
+            await js.consumer_info(names.stream, made[0])
+        assert reader.sub is not None
+        assert reader.sub._consumer == made[-1] != made[0]
+    assert seqs == list(range(1, count + 1))
+
+
+async def test_a_failing_report_of_a_drop_leaves_the_connection_reading(
+    settings: Settings, js: JetStreamContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Should telling a reader that nats-py dropped its messages fail (the connection's error
+    callback, ``eventstore.connect``), the failure is logged and the connection goes on: it
+    never reconnects, publishes are acknowledged and another reader on it reads."""
+    names = Names(settings.prefix)
+    await publish(js, [names.job_kind_subject("a", "lines")] * 30, size=100_000)
+    small_nats_py_queues(js, monkeypatch)
+
+    def broken(reader: OrderedReader, why: str) -> None:
+        raise RuntimeError("the report failed")
+
+    monkeypatch.setattr(OrderedReader, "lost_messages", broken)
+    with capture_logs() as logs:
+        async with ordered_reader(
+            js, names.stream, names.all_subjects, max_buffered_bytes=64 * 1024
+        ):
+            async with asyncio.timeout(30):
+                while "reader not told of its lost messages" not in [log["event"] for log in logs]:  # noqa: ASYNC110 - a log line: nothing signals it
+                    await asyncio.sleep(0.05)
+    monkeypatch.undo()
+    other = names.job_kind_subject("b", "lines")
+    await publish(js, [other] * 5)
+    async with ordered_reader(js, names.stream, [other]) as reader:
+        batches = await read_all(reader, 5)
+    assert [seq for batch in batches for seq in batch] == list(range(31, 36))
+    assert js._nc.stats["reconnects"] == 0
+    assert js._nc.is_connected

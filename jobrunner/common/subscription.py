@@ -74,6 +74,7 @@ class OrderedReader:
         self.sub: JetStreamContext.PushSubscription | None = None
         self._jsi: Any = None  # nats-py's ordered-consumer state of ``sub``: its flow control
         self._created = False  # the server made its consumer (a refused create made nothing)
+        self._creating = False  # ``_open`` waits for its consumer's create (see ``lost_messages``)
         self._closed = False  # unsubscribed, its consumer's deletion on its way
         self._last: Msg | None = None  # the last message put in the batch
         self._reopening: asyncio.Future[None] | None = None  # ``reopen_if_gone_soon``'s task
@@ -105,7 +106,7 @@ class OrderedReader:
             self._drained.clear()
         if self.on_arrival is None or not self.on_arrival():
             self._arrived.set()
-        if self._jsi._fcr is not None:  # an answer held: this message may be the one it waits for
+        if self._jsi._fcr is not None:  # an answer held: this message may be what it waits for
             await answer_held_flow_control(self._jsi)
 
     def _lost_one_before(self, msg: Msg) -> bool:
@@ -137,6 +138,13 @@ class OrderedReader:
             "ordered reader lost messages in nats-py: reading them again", why=why
         )
         self._dropped = self._must_reopen = True
+        if not self._creating:  # else ``_open`` does it once its create answered
+            self._read_again()
+
+    def _read_again(self) -> None:
+        """``lost_messages``' reopen, or the old subscription's drop until the next ``take``.
+        Never while a create is under way: a reopen beside it would take its subscription and
+        consumer for the new one's, and the consumer it makes would never be deleted."""
         if self._drained.is_set():
             self.reopen_if_gone_soon(_request_turns())
         elif self.sub is not None:
@@ -177,6 +185,7 @@ class OrderedReader:
                 await sub.unsubscribe()
             return
         self.sub, self._jsi, self._created = sub, sub._sub._jsi, False
+        self._creating = True
         try:
             await self._js.add_consumer(self._stream, config)
         except APIError:
@@ -185,6 +194,8 @@ class OrderedReader:
             # Timed out or cancelled: it may have been made after all.
             _delete_soon(self._js, self._stream, sub)
             raise
+        finally:
+            self._creating = False
         if self._closed:  # ``close`` found no consumer to delete
             _delete_soon(self._js, self._stream, sub)
             return
@@ -193,6 +204,8 @@ class OrderedReader:
         # subject, from the next sequence): without a name, as ``js.subscribe`` makes it, since
         # the first one may still be on the server then.
         config.name = None
+        if self._must_reopen:  # nats-py dropped messages while the create was under way
+            self._read_again()
 
     def reopen_if_gone_soon(self, turns: asyncio.Semaphore) -> bool:
         """In the background (one task at a time, holding one of ``turns`` for its requests):
@@ -373,10 +386,11 @@ async def answer_held_flow_control(jsi: Any) -> None:
     the window at once still left the server idle until then, a quarter of a second for each
     window of a catch-up (a job's stream from its start read at a third of its speed). Counted
     as ``answer_flow_control_once_taken`` counts, so never earlier than nats-py's own look."""
-    if _taken_from_queue(jsi) < jsi._fcd:
+    reply = jsi._fcr
+    if reply is None or _taken_from_queue(jsi) < jsi._fcd:
         return
     # Cleared before the publish's first await, as nats-py's look would clear it: sent once.
-    reply, jsi._fcr, jsi._fcd = jsi._fcr, None, 0
+    jsi._fcr, jsi._fcd = None, 0
     with contextlib.suppress(Exception):  # closed, or reconnecting with a full buffer: as nats-py
         await jsi._conn.publish(reply)
 

@@ -137,6 +137,55 @@ def test_a_held_flow_control_answer_is_sent_by_nats_pys_poll_once_the_queue_is_t
     assert "check_flow_control_response()" in subscribe
 
 
+def test_a_held_flow_control_answer_is_kept_as_its_reply_and_point() -> None:
+    """A request that came while messages sent before it were queued is held in ``_fcr`` (the
+    reply subject) and ``_fcd`` (how many had been queued): what a reader's callback reads to
+    send it itself (``subscription.answer_held_flow_control``), and clears as nats-py's look
+    does once it sent it; the look only publishes when ``_fcr`` is set."""
+    nc = nats.NATS()
+    js = nc.jetstream()
+    sub = Subscription(nc, 1, "deliver", cb=lambda msg: None)  # type: ignore[arg-type,return-value]
+    push = JetStreamContext.PushSubscription(js, sub, "STREAM", "consumer-name")
+    sub._jsi = JetStreamContext._JSI(js, nc, "STREAM", True, push, sub, api.ConsumerConfig())
+    assert (sub._jsi._fcr, sub._jsi._fcd) == (None, 0)
+    for reply in ("a", "b"):
+        sub._jsi.track_sequences(reply)
+    sub._jsi.schedule_flow_control_response("$JS.FC.STREAM.consumer.1")
+    assert (sub._jsi._fcr, sub._jsi._fcd) == ("$JS.FC.STREAM.consumer.1", 2)
+    assert sub._jsi._conn is nc  # the connection it publishes the answer on
+    poll = inspect.getsource(JetStreamContext._JSI.check_flow_control_response)
+    assert "if fc_reply:" in poll
+    assert "self._fcr = None" in poll
+    assert "self._fcd = 0" in poll
+
+
+async def test_a_readers_callback_sends_a_held_answer_once_the_queue_before_it_is_taken() -> None:
+    """``subscription.answer_held_flow_control``: nothing while a message sent before the
+    request is still queued; sent once, and cleared, when none is."""
+    nc = nats.NATS()
+    js = nc.jetstream()
+    sub = Subscription(nc, 1, "deliver", cb=lambda msg: None)  # type: ignore[arg-type,return-value]
+    push = JetStreamContext.PushSubscription(js, sub, "STREAM", "consumer-name")
+    jsi = sub._jsi = JetStreamContext._JSI(js, nc, "STREAM", True, push, sub, api.ConsumerConfig())
+    subscription.answer_flow_control_once_taken(push)
+    sent: list[str] = []
+
+    async def publish(subject: str) -> None:
+        sent.append(subject)
+
+    nc.publish = publish  # type: ignore[assignment,method-assign]
+    for reply in ("a", "b"):
+        jsi.track_sequences(reply)
+    sub._pending_queue.put_nowait("b")  # type: ignore[arg-type]
+    jsi.schedule_flow_control_response("$JS.FC.1")
+    await subscription.answer_held_flow_control(jsi)
+    assert (sent, jsi._fcr) == ([], "$JS.FC.1")
+    sub._pending_queue.get_nowait()
+    await subscription.answer_held_flow_control(jsi)
+    await subscription.answer_held_flow_control(jsi)
+    assert (sent, jsi._fcr, jsi._fcd) == (["$JS.FC.1"], None, 0)
+
+
 def test_a_dropped_message_is_reported_with_its_subscription() -> None:
     """A reader hears of a message nats-py dropped (``subscription.lost_messages``) by the
     error it hands the connection's error callback, which names the subscription."""
