@@ -25,10 +25,12 @@ from jobrunner.common.subscription import (
     deletes_pending,
     fetch_one,
     fetch_some,
+    forget_deletes,
     last_message,
     last_stored,
     next_stored,
     ordered_reader,
+    position,
     reopen_after_reconnect,
 )
 from jobrunner.contracts.names import Names
@@ -452,31 +454,36 @@ async def test_a_flood_dropped_while_nobody_reads_and_more_published_meanwhile_i
 # --- flow-control answers sent as the reader takes (session 41)
 
 
+def hold_points(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """Each flow-control request nats-py holds from now on (it came while messages sent before
+    it were still queued), by its reply subject: the stream sequence of the last message that
+    came before it (nats-py's ``_sseq`` as it reads the request)."""
+    points: dict[str, int] = {}
+    schedule = JetStreamContext._JSI.schedule_flow_control_response
+
+    def hold(jsi: Any, reply: str) -> None:
+        points[reply] = jsi._sseq
+        schedule(jsi, reply)
+
+    monkeypatch.setattr(JetStreamContext._JSI, "schedule_flow_control_response", hold)
+    return points
+
+
 async def test_a_reader_that_takes_promptly_never_leaves_the_server_waiting_for_its_answer(
     settings: Settings, js: JetStreamContext, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A reader that takes what comes reads a backlog of many flow-control windows without the
     server ever stalling for its answer, even for requests that came while the window's last
-    messages were still queued: the reader sends those answers as it takes. nats-py's own look
-    for held answers (every 0.25 s) is stopped here, so an answer left to it would stall the
-    server until its next idle heartbeat (5 s), which says so (``Nats-Consumer-Stalled``).
-    (Before: only that look sent them, up to a quarter second of an idle server per window; a
-    job's stream read from its start came at a third of its speed.)"""
+    messages were still queued: the reader sends those answers as it takes, and is the only
+    one to (nats-py's own look for held answers, every 0.25 s, is stopped), so an answer it
+    missed would stall the server until its next idle heartbeat (5 s), which says so
+    (``Nats-Consumer-Stalled``). (Before: only that look sent them, up to a quarter second of
+    an idle server per window; a job's stream read from its start came at a third of its
+    speed.)"""
     names = Names(settings.prefix)
     count = 20_000  # 20 MB: many windows (about 2 MB at first)
     await publish(js, [names.job_kind_subject("a", "lines")] * count, size=1000)
-    held: list[str] = []
-    schedule = JetStreamContext._JSI.schedule_flow_control_response
-
-    def hold(jsi: Any, reply: str) -> None:
-        held.append(reply)
-        schedule(jsi, reply)
-
-    async def no_look(jsi: Any) -> None:
-        return None
-
-    monkeypatch.setattr(JetStreamContext._JSI, "schedule_flow_control_response", hold)
-    monkeypatch.setattr(JetStreamContext._JSI, "check_flow_control_response", no_look)
+    held = hold_points(monkeypatch)
     stalls: list[str] = []
 
     async def note_stall(msg: Msg) -> None:
@@ -488,6 +495,8 @@ async def test_a_reader_that_takes_promptly_never_leaves_the_server_waiting_for_
         async with ordered_reader(js, names.stream, names.all_subjects) as reader:
             assert reader.sub is not None
             jsi = reader.sub._sub._jsi
+            await asyncio.sleep(0)  # the cancel lands
+            assert jsi._fctask.cancelled(), "nats-py's look still runs: it may send the answers"
             await spy.subscribe(jsi._ccreq.deliver_subject, cb=note_stall)
             seqs: list[int] = []
             while len(seqs) < count and not stalls:
@@ -507,37 +516,44 @@ async def test_a_flow_control_answer_waits_until_the_reader_took_what_came_befor
     settings: Settings, js: JetStreamContext, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """While a reader is behind (its batch full: its viewers have not taken it), its answer to
-    a flow-control request still waits: every held answer goes out only once the reader has
-    taken every message the server sent before the request, whoever sends it (the reader as it
-    takes, or nats-py's look), and every message arrives once, in order."""
+    a flow-control request waits, longer than nats-py's 0.25 s look, and the server sends
+    nothing more meanwhile; once the reader takes, the answer goes, and every held answer goes
+    only once the message the server sent last before its request is in the reader's batch.
+    Every message arrives once, in order."""
     names = Names(settings.prefix)
     count = 3000  # 30 MB of 10 kB messages through a 64 kB batch
     await publish(js, [names.job_kind_subject("a", "lines")] * count, size=10_000)
-    points: dict[str, tuple[Any, int]] = {}  # a held request's reply: its state, its point
-    schedule = JetStreamContext._JSI.schedule_flow_control_response
-
-    def hold(jsi: Any, reply: str) -> None:
-        points[reply] = (jsi, jsi._fciseq)
-        schedule(jsi, reply)
-
-    monkeypatch.setattr(JetStreamContext._JSI, "schedule_flow_control_response", hold)
-    answers: list[tuple[int, int]] = []  # (taken when answered, the request's point)
+    points = hold_points(monkeypatch)
+    answers: list[tuple[int, int]] = []  # (the reader's last message when sent, the point)
+    readers: list[OrderedReader] = []
     publish_on = js._nc.publish
 
     async def noting_answers(subject: str, *args: Any, **kwargs: Any) -> None:
         if subject in points:
-            jsi, point = points[subject]
-            taken = jsi._fciseq - jsi._sub._pending_queue.qsize()  # arrived less still queued
-            answers.append((taken, point))
+            last = readers[0]._last
+            answers.append((position(last)[0] if last else 0, points[subject]))
         await publish_on(subject, *args, **kwargs)
 
     monkeypatch.setattr(js._nc, "publish", noting_answers)
     async with ordered_reader(
         js, names.stream, names.all_subjects, max_buffered_bytes=64 * 1024
     ) as reader:
+        readers.append(reader)
+        assert reader.sub is not None
+        jsi = reader.sub._sub._jsi
+        async with asyncio.timeout(30):
+            while jsi._fcr is None:  # noqa: ASYNC110 - nats-py's held answer: nothing signals it
+                await asyncio.sleep(0.01)
+        delivered = (await reader.sub.consumer_info()).delivered.consumer_seq
+        await asyncio.sleep(0.6)  # past two of nats-py's looks, had it still one
+        held = jsi._fcr
+        assert answers == [], "answered while the reader was behind"
+        assert held is not None
+        assert (await reader.sub.consumer_info()).delivered.consumer_seq == delivered
         batches = await read_all(reader, count)
-    assert answers, "no answer was held: the test tested nothing"
-    assert [(taken, point) for taken, point in answers if taken < point] == []
+    assert held in points
+    assert answers, "no held answer went out once the reader took"
+    assert [(last, point) for last, point in answers if last < point] == []
     assert [seq for batch in batches for seq in batch] == list(range(1, count + 1))
 
 
@@ -549,12 +565,14 @@ async def test_messages_dropped_while_a_readers_first_consumer_is_made_are_read_
 ) -> None:
     """nats-py drops messages of a reader whose first consumer's create has not answered yet
     (the server sends the first messages as it makes the consumer, and may do so before its
-    reply): the reader still gets every message once, in order, and the consumer that create
-    made is deleted at once, not left for the server's clean-up. Here the create's answer is
-    handed back only after the drop, and nothing is delivered to the reader until then.
-    (Before: the reader opened again beside the create, took its consumer for the old one's
-    and left the consumer the create made.)"""
+    reply): the dropped subscription goes at once, the reader still gets every message once,
+    in order, and the consumer that create made is deleted as soon as it answered, not left for
+    the server's clean-up. Here the create's answer is handed back only after the drop, and
+    nothing is delivered to the reader until then. (Before: the reader opened again beside the
+    create, took its consumer for the old one's and left the consumer the create made.)"""
     names = Names(settings.prefix)
+    # Earlier tests' readers may still have deletes queued in this event loop: none of ours.
+    await forget_deletes()
     count = 100  # 10 MB, its first window more than nats-py's 1 MB queue here
     await publish(js, [names.job_kind_subject("a", "lines")] * count, size=100_000)
     small_nats_py_queues(js, monkeypatch)
@@ -574,12 +592,18 @@ async def test_messages_dropped_while_a_readers_first_consumer_is_made_are_read_
     made: list[str] = []
     add_consumer = js.add_consumer
 
+    def subscribed(deliver: str) -> bool:
+        return any(sub.subject == deliver for sub in js._nc._subs.values())
+
     async def answered_after_a_drop(stream: str, config: Any, **kwargs: Any) -> Any:
         made.append(config.name)
         info = await add_consumer(stream, config, **kwargs)
-        async with asyncio.timeout(30):
-            await dropped.wait()
-        delivering.set()
+        if len(made) == 1:  # the first create: the reader opened again makes the next ones
+            async with asyncio.timeout(30):
+                await dropped.wait()
+                while subscribed(config.deliver_subject):  # noqa: ASYNC110 - nothing signals it
+                    await asyncio.sleep(0.01)
+            delivering.set()
         return info
 
     monkeypatch.setattr(js, "add_consumer", answered_after_a_drop)
@@ -619,9 +643,10 @@ async def test_a_failing_report_of_a_drop_leaves_the_connection_reading(
                     await asyncio.sleep(0.05)
     monkeypatch.undo()
     other = names.job_kind_subject("b", "lines")
-    await publish(js, [other] * 5)
-    async with ordered_reader(js, names.stream, [other]) as reader:
-        batches = await read_all(reader, 5)
+    async with asyncio.timeout(30):  # a connection that stopped reading fails here, not hangs
+        await publish(js, [other] * 5)
+        async with ordered_reader(js, names.stream, [other]) as reader:
+            batches = await read_all(reader, 5)
     assert [seq for batch in batches for seq in batch] == list(range(31, 36))
     assert js._nc.stats["reconnects"] == 0
     assert js._nc.is_connected

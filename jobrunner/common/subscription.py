@@ -34,6 +34,7 @@ from nats.js import JetStreamContext, api
 from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
 from nats.nuid import NUID
 
+from jobrunner.common.flowcontrol import answer_flow_control_once_taken, answer_held_flow_control
 from jobrunner.common.stopping import unless_stopped, wait_within
 
 if TYPE_CHECKING:
@@ -104,10 +105,12 @@ class OrderedReader:
         self._bytes += len(msg.data)
         if self._bytes >= self._max_bytes:
             self._drained.clear()
-        if self.on_arrival is None or not self.on_arrival():
-            self._arrived.set()
+        # The only sender of a held answer (see ``answer_flow_control_once_taken``): before
+        # ``on_arrival``, so that nothing it raises can leave the server waiting.
         if self._jsi._fcr is not None:  # an answer held: this message may be what it waits for
             await answer_held_flow_control(self._jsi)
+        if self.on_arrival is None or not self.on_arrival():
+            self._arrived.set()
 
     def _lost_one_before(self, msg: Msg) -> bool:
         """Is there a hole in the consumer's sequence before ``msg``? nats-py reports each
@@ -138,8 +141,21 @@ class OrderedReader:
             "ordered reader lost messages in nats-py: reading them again", why=why
         )
         self._dropped = self._must_reopen = True
-        if not self._creating:  # else ``_open`` does it once its create answered
+        if self._creating:
+            self._unsubscribe_while_creating()
+        else:
             self._read_again()
+
+    def _unsubscribe_while_creating(self) -> None:
+        """A drop while ``_open`` waits for its consumer's create: the subscription goes at once
+        (nats-py would go on answering flow-control requests for windows dropped here, and, a
+        create outlasting an idle heartbeat, make another consumer on it); its consumer's
+        deletion and the reopen wait for the create's answer (``_open``). Left open: a reconnect
+        during the create, whose reply may then never come: the consumer the server made goes
+        on sending its window to nobody until the create's timeout (nats-py's 5 s), when
+        ``_open`` deletes it."""
+        assert self.sub is not None
+        track(asyncio.ensure_future(self._drop_old_subscription(self.sub, created=False)))
 
     def _read_again(self) -> None:
         """``lost_messages``' reopen, or the old subscription's drop until the next ``take``.
@@ -354,45 +370,6 @@ class OrderedReader:
         info = await self.sub.consumer_info()
         delivered = info.delivered.consumer_seq if info.delivered else 0
         return (info.num_pending or 0) + (delivered or 0)
-
-
-def answer_flow_control_once_taken(sub: JetStreamContext.PushSubscription) -> None:
-    """Make nats-py answer the server's flow-control requests of ``sub`` (a subscription with a
-    callback) only once the callback has taken the messages sent before the request.
-
-    nats-py 2.16 counts a callback subscription's messages as delivered when they arrive
-    (``Subscription.delivered`` is its count of arrivals), so it answers every flow-control
-    request at once: the server never waits, and while the callback waits (a reader's batch
-    full: its viewers behind) the messages pile up in nats-py's queue until its byte limit,
-    past which nats-py drops them ("slow consumer"). Its ordered consumer has counted a dropped
-    message as received, so nothing resends it: a job's SSE viewers silently lost whole line
-    batches under a flood. Counted as nats-py counts it for a subscription without a callback
-    (the messages queued, less those still in the queue), the server waits instead, and the
-    messages wait in JetStream."""
-    jsi: Any = sub._sub._jsi  # nats-py's private state, checked by test_natspy_private_state
-    jsi.get_js_delivered = functools.partial(_taken_from_queue, jsi)
-
-
-def _taken_from_queue(jsi: Any) -> int:
-    return int(jsi._fciseq - jsi._sub._pending_queue.qsize())
-
-
-async def answer_held_flow_control(jsi: Any) -> None:
-    """Send the flow-control answer nats-py holds for ``jsi`` (its request came while messages
-    sent before it were still queued) if the callback has taken those messages now; called by
-    the callback as it takes each message while an answer is held.
-
-    nats-py sends a held answer only from a task that looks every 0.25 s: a reader that took
-    the window at once still left the server idle until then, a quarter of a second for each
-    window of a catch-up (a job's stream from its start read at a third of its speed). Counted
-    as ``answer_flow_control_once_taken`` counts, so never earlier than nats-py's own look."""
-    reply = jsi._fcr
-    if reply is None or _taken_from_queue(jsi) < jsi._fcd:
-        return
-    # Cleared before the publish's first await, as nats-py's look would clear it: sent once.
-    jsi._fcr, jsi._fcd = None, 0
-    with contextlib.suppress(Exception):  # closed, or reconnecting with a full buffer: as nats-py
-        await jsi._conn.publish(reply)
 
 
 # Readers by their nats-py subscription, for nats-py's report of the messages it dropped
