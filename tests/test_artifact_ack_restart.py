@@ -28,6 +28,7 @@ from nats.js import JetStreamContext
 from nats.js.api import ObjectStoreConfig
 
 from jobrunner.common import ackinbox, artifactpurges, artifactstore
+from jobrunner.common.settings import Settings
 from jobrunner.contracts.names import Names
 from jobrunner.embedded.nats import EmbeddedNats
 from tests.tools.restartable_nats import ACK_TIMEOUT, SOON, restartable
@@ -97,7 +98,8 @@ async def test_a_purge_record_whose_ack_a_restart_lost_fails_soon(tmp_path: Path
         nuid = uuid.uuid4().hex
         subject = f"$KV.{names.artifact_purges_bucket}.{nuid}"
         running.proxy.arm(subject)
-        recording = asyncio.create_task(artifactpurges.record(js, names, nuid, OBJECT))
+        window = Settings().artifact_upload_window_seconds
+        recording = asyncio.create_task(artifactpurges.record(js, names, nuid, OBJECT, window))
         await running.strike(subject)
         done, _ = await asyncio.wait((recording,), timeout=SOON)
         assert recording in done, f"still waiting {SOON} s after the restart (ack wait 30 s)"

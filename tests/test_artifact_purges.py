@@ -22,6 +22,9 @@ from jobrunner.contracts.names import Names
 from tests.system import System
 
 GRACE = 6.0
+# artifact_upload_window_seconds: the default, and a short one for the tests that wait for it.
+DEFAULT_WINDOW = Settings().artifact_upload_window_seconds
+WINDOW = 3.0
 
 
 @pytest.fixture
@@ -170,7 +173,7 @@ class RecordsStalledBeforeFence(artifactpurges.UploadRecords):
 
 
 async def test_an_upload_whose_api_stalls_past_the_window_is_refused_and_the_name_kept(
-    system: System, js: JetStreamContext, monkeypatch: pytest.MonkeyPatch
+    system: System, js: JetStreamContext
 ) -> None:
     """The API stalls between its last chunk and its description for longer than the window
     and two graces (100 s with the defaults; 3 s and 2 x 1 s here): another API's sweep finds
@@ -178,12 +181,11 @@ async def test_an_upload_whose_api_stalls_past_the_window_is_refused_and_the_nam
     its fence (a compare-and-set of the attempt's record) fails: the upload is given up (the
     worker gets 503 and sends it again) and the name still serves its earlier content, whole.
     Before the fence the description was stored: the name served content without chunks."""
-    monkeypatch.setattr(artifactpurges, "UPLOAD_WINDOW_SECONDS", 3.0)
     grace = 1.0
     names = Names(system.settings.prefix)
     object_name = "purgetest/stalled"
     first = await _store(js, names, object_name, b"P" * 300_000)
-    records = RecordsStalledBeforeFence(js, names, object_name, first)
+    records = RecordsStalledBeforeFence(js, names, object_name, first, WINDOW)
     data = b"X" * 400_000
     upload = asyncio.create_task(
         artifactstore.put_file(
@@ -211,17 +213,16 @@ async def test_an_upload_whose_api_stalls_past_the_window_is_refused_and_the_nam
 
 
 async def test_a_stall_before_the_fence_shorter_than_the_window_stores_the_upload(
-    system: System, js: JetStreamContext, monkeypatch: pytest.MonkeyPatch
+    system: System, js: JetStreamContext
 ) -> None:
     """The same stall, shorter than the window: the sweeps leave the attempt (not due yet), the
     fence passes and the name serves the new content, whole; its record goes once the window
     is over (the name serves it)."""
-    monkeypatch.setattr(artifactpurges, "UPLOAD_WINDOW_SECONDS", 3.0)
     grace = 1.0
     names = Names(system.settings.prefix)
     object_name = "purgetest/stalled-briefly"
     first = await _store(js, names, object_name, b"P" * 300_000)
-    records = RecordsStalledBeforeFence(js, names, object_name, first)
+    records = RecordsStalledBeforeFence(js, names, object_name, first, WINDOW)
     data = b"X" * 400_000
     upload = asyncio.create_task(
         artifactstore.put_file(
@@ -283,17 +284,16 @@ async def test_a_purged_replaced_content_leaves_nothing_to_sweep(
 
 
 async def test_a_chunk_stored_after_a_given_up_attempt_was_purged_goes_too(
-    system: System, js: JetStreamContext, monkeypatch: pytest.MonkeyPatch
+    system: System, js: JetStreamContext
 ) -> None:
     """An upload stopped mid-chunks (its patience over): its chunks are purged at once, but a
     chunk may be stored after that purge (one whose ack did not come within the purge's wait:
     JetStream orders a stream's messages and its API requests apart). The attempt's record
     stays, so the sweep purges again once the window is over and nothing is left. (Removing the
     record with the first purge, as the review's nit asked, left such a chunk for ever.)"""
-    monkeypatch.setattr(artifactpurges, "UPLOAD_WINDOW_SECONDS", 3.0)
     names = Names(system.settings.prefix)
     object_name = "purgetest/given-up"
-    records = RecordsStalledBeforeFence(js, names, object_name, None)
+    records = RecordsStalledBeforeFence(js, names, object_name, None, WINDOW)
     asked = 0
 
     def stop_after_some_chunks() -> bool:
@@ -343,7 +343,7 @@ async def test_a_pending_purge_past_a_page_of_records_is_listed(
             for i in range(start, min(count, start + 2000))
         ]
         await asyncio.gather(*acks)
-    await artifactpurges.record(js, names, "f" * 32, "purgetest/late")
+    await artifactpurges.record(js, names, "f" * 32, "purgetest/late", DEFAULT_WINDOW)
     keys = await artifactpurges._keys(js, names)
     assert "f" * 32 in keys
     assert len(keys) == count + 1
@@ -424,7 +424,7 @@ async def test_a_description_stored_without_its_ack_keeps_its_content(
     monkeypatch.setattr(artifactstore, "ACK_WAIT_SECONDS", 1.0)
     names = Names(system.settings.prefix)
     object_name = "purgetest/ack-lost"
-    records = RecordsStalledBeforeFence(js, names, object_name, None)
+    records = RecordsStalledBeforeFence(js, names, object_name, None, DEFAULT_WINDOW)
     records.go.set()
     lose_the_descriptions_ack(monkeypatch)
 
@@ -484,8 +484,8 @@ async def test_remove_keeps_a_newer_record(system: System, js: JetStreamContext)
     served) stays. (The reviewer's test.)"""
     names = Names(system.settings.prefix)
     nuid = "e" * 32
-    old = await artifactpurges.record(js, names, nuid, "purgetest/newer")
-    new = await artifactpurges.record(js, names, nuid, "purgetest/newer")
+    old = await artifactpurges.record(js, names, nuid, "purgetest/newer", DEFAULT_WINDOW)
+    new = await artifactpurges.record(js, names, nuid, "purgetest/newer", DEFAULT_WINDOW)
     await artifactpurges.remove(js, names, nuid, old)
     assert await _recorded(js, names, nuid), "the newer record was removed"
     await artifactpurges.remove(js, names, nuid, new)
@@ -498,11 +498,10 @@ async def test_a_sweep_that_found_the_replaced_content_served_keeps_the_fence_re
     """A sweep reads P's unconfirmed record past due and the name serving P; an upload's fence
     then writes P's record again; the sweep removes the revision it read. P's newer record
     stays (its upload may die before its confirm). (The reviewer's test.)"""
-    monkeypatch.setattr(artifactpurges, "UPLOAD_WINDOW_SECONDS", -1.0)  # written past due
     names = Names(system.settings.prefix)
     object_name = "purgetest/fence-vs-live"
     first = await _store(js, names, object_name, b"P" * 1000)
-    await artifactpurges.record(js, names, first, object_name)
+    await artifactpurges.record(js, names, first, object_name, -1.0)  # written past due
     served_nuid = artifactpurges._served_nuid
 
     async def fence_meanwhile(js_: Any, names_: Any, object_name_: str) -> Any:
@@ -534,7 +533,7 @@ class StalledDescription:
 async def _stalled_upload(
     js: JetStreamContext, names: Names, object_name: str, first: str
 ) -> tuple[RecordsStalledBeforeFence, asyncio.Task[Any]]:
-    records = RecordsStalledBeforeFence(js, names, object_name, first)
+    records = RecordsStalledBeforeFence(js, names, object_name, first, WINDOW)
     records.go.set()  # no stall before the fence
     data = b"X" * 400_000
     upload = asyncio.create_task(
@@ -556,7 +555,6 @@ async def test_a_stall_after_the_fence_past_the_upload_window_stores_the_upload(
     the sweep should this API die before its own purge). Before, the sweep purged the attempt
     and dropped the earlier content's record: the name served content without chunks, and the
     earlier content leaked."""
-    monkeypatch.setattr(artifactpurges, "UPLOAD_WINDOW_SECONDS", 3.0)
     grace = 1.0
     names = Names(system.settings.prefix)
     object_name = "purgetest/stall-after-fence"
@@ -584,7 +582,6 @@ async def test_a_stall_after_the_fence_past_the_describing_window_is_refused(
     serving its attempt with no chunks: 503 (the worker sends the file again), and the earlier
     content recorded again so the sweep purges it. Before, 201 for a name serving nothing
     readable, and the earlier content leaked."""
-    monkeypatch.setattr(artifactpurges, "UPLOAD_WINDOW_SECONDS", 3.0)
     monkeypatch.setattr(artifactpurges, "DESCRIBING_WINDOW_SECONDS", 3.0)
     grace = 1.0
     names = Names(system.settings.prefix)
@@ -626,7 +623,7 @@ async def test_an_upload_replaced_and_purged_after_its_ack_is_not_refused(
         return await has_chunks(js_, names_, nuid)
 
     monkeypatch.setattr(artifactstore, "has_chunks", replaced_meanwhile)
-    records = artifactpurges.UploadRecords(js, names, object_name, None)
+    records = artifactpurges.UploadRecords(js, names, object_name, None, DEFAULT_WINDOW)
     data = b"A" * 300_000
     stored = await artifactstore.put_file(
         js, names, object_name, io.BytesIO(data), len(data), lambda: False, None, records
@@ -635,18 +632,17 @@ async def test_an_upload_replaced_and_purged_after_its_ack_is_not_refused(
 
 
 async def test_replaced_content_is_purged_a_window_after_its_api_died_past_the_ack(
-    system: System, js: JetStreamContext, monkeypatch: pytest.MonkeyPatch
+    system: System, js: JetStreamContext
 ) -> None:
     """The upload's description is acknowledged and its API dies before its own purge of the
     replaced content starts (here: ``put_file`` alone, nothing after it). The fence had made the
     replaced content's record due an hour on; once acknowledged it is due a window on again,
     so the sweep purges that content within the window and two graces (3 s and 2 x 1 s here).
     Without that it waited the hour."""
-    monkeypatch.setattr(artifactpurges, "UPLOAD_WINDOW_SECONDS", 3.0)
     names = Names(system.settings.prefix)
     object_name = "purgetest/died-after-ack"
     first = await _store(js, names, object_name, b"P" * 300_000)
-    records = artifactpurges.UploadRecords(js, names, object_name, first)
+    records = artifactpurges.UploadRecords(js, names, object_name, first, WINDOW)
     data = b"X" * 300_000
     stored = await artifactstore.put_file(
         js, names, object_name, io.BytesIO(data), len(data), lambda: False, first, records
@@ -676,3 +672,97 @@ async def test_a_pass_ends_before_its_next_record_once_stopped(
     assert [await _recorded(js, names, nuid) for nuid in nuids] == [True, True]
     await artifactpurges.sweep(js, names, GRACE)
     assert [await _recorded(js, names, nuid) for nuid in nuids] == [False, False]
+
+
+class RecordsWrittenSlowly(artifactpurges.UploadRecords):
+    """The upload's real records; its API takes ``pause`` before each chunk (a slow NATS, a busy
+    API), and ``stall`` more before chunk number ``stall_at``."""
+
+    def __init__(self, *args: Any, pause: float, stall: float = 0.0, stall_at: int = 3) -> None:
+        super().__init__(*args)
+        self.pause, self.stall, self.stall_at = pause, stall, stall_at
+        self.chunks = 0
+
+    async def writing(self, nuid: str) -> None:
+        self.chunks += 1
+        await asyncio.sleep(self.pause + (self.stall if self.chunks == self.stall_at else 0.0))
+        await super().writing(nuid)
+
+
+async def _upload_while_sweeping(
+    js: JetStreamContext, names: Names, object_name: str, records: RecordsWrittenSlowly, size: int
+) -> artifactstore.StoredObject:
+    """``put_file`` through ``records`` while another API sweeps every 0.2 s (a 1 s grace)."""
+
+    async def sweeping() -> None:
+        while True:
+            await artifactpurges.sweep(js, names, 1.0)
+            await asyncio.sleep(0.2)
+
+    sweeper = asyncio.create_task(sweeping())
+    try:
+        return await artifactstore.put_file(
+            js,
+            names,
+            object_name,
+            io.BytesIO(b"N" * size),
+            size,
+            lambda: False,
+            records._replaces,
+            records,
+        )
+    finally:
+        sweeper.cancel()
+
+
+async def test_an_upload_storing_for_several_windows_is_stored(
+    system: System, js: JetStreamContext
+) -> None:
+    """Storing the chunks takes three windows (30 chunks, 0.1 s each, a 1 s window) while
+    another API sweeps: the attempt's record is renewed as its chunks are written, so the
+    window bounds a silent API, not an upload's length; the name serves the new content,
+    whole. Before, the sweep confirmed the attempt a window after its first chunk and every
+    such upload was refused 503."""
+    names = Names(system.settings.prefix)
+    object_name = "purgetest/stored-slowly"
+    first = await _store(js, names, object_name, b"P" * 300_000)
+    records = RecordsWrittenSlowly(js, names, object_name, first, 1.0, pause=0.1)
+    size = 30 * artifactstore.CHUNK_BYTES
+    stored = await asyncio.wait_for(
+        _upload_while_sweeping(js, names, object_name, records, size), 60
+    )
+    assert records.chunks == 30
+    served = await artifactstore.object_info(js, names, object_name)
+    assert served.nuid == stored.nuid
+    assert stored.size == size
+    assert await _has_chunks(js, names, stored.nuid)
+
+
+@pytest.mark.parametrize(
+    ("stall", "stored"),
+    [(WINDOW / 3, True), (WINDOW * 1.5, False)],
+    ids=["third-of-window", "window-and-a-half"],
+)
+async def test_an_api_silent_between_two_chunks_past_the_window_loses_the_attempt(
+    system: System, js: JetStreamContext, stall: float, stored: bool
+) -> None:
+    """The API stalls between two chunks while another API sweeps. A third of the window (3 s
+    here): at most two thirds since the record's last renewal, the sweep leaves it and the
+    upload is stored. A window and a half: the sweep confirms the attempt as garbage, the
+    renewal's compare-and-set fails and the upload is given up (503, the worker sends it
+    again); the name still serves its earlier content."""
+    names = Names(system.settings.prefix)
+    object_name = f"purgetest/silent-{int(stall * 10)}"
+    first = await _store(js, names, object_name, b"P" * 300_000)
+    records = RecordsWrittenSlowly(js, names, object_name, first, WINDOW, pause=0.0, stall=stall)
+    size = 6 * artifactstore.CHUNK_BYTES
+    upload = _upload_while_sweeping(js, names, object_name, records, size)
+    if stored:
+        new = await asyncio.wait_for(upload, 30)
+        assert (await artifactstore.object_info(js, names, object_name)).nuid == new.nuid
+        assert await _has_chunks(js, names, new.nuid)
+    else:
+        with pytest.raises(artifactstore.AttemptTaken):
+            await asyncio.wait_for(upload, 30)
+        assert (await artifactstore.object_info(js, names, object_name)).nuid == first
+        assert await _has_chunks(js, names, first)

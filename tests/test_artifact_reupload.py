@@ -18,7 +18,7 @@ import nats
 import nats.js.errors
 import pytest
 
-from jobrunner.common import artifactpurges, artifactstore, eventstore
+from jobrunner.common import artifactstore, eventstore
 from jobrunner.common.settings import Settings
 from jobrunner.contracts import events
 from jobrunner.contracts.names import Names
@@ -164,13 +164,12 @@ async def test_the_content_whose_description_lost_is_purged(
 
 
 async def test_a_losing_upload_done_before_the_winner_wrote_is_purged(
-    system: System, monkeypatch: pytest.MonkeyPatch
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Session 21's leak 1: B reads the name before A writes, A finishes entirely (201: A's
     own look finds A served), then B stores its description, which names nothing it replaced.
     No one knows A's content but its pending-purge record (``artifactpurges``): the sweep finds
     the name serving B, not A, and purges A's chunks. On main they stayed until the max age."""
-    monkeypatch.setattr(artifactpurges, "UPLOAD_WINDOW_SECONDS", 5.0)
     first, second = b"A" * 300_000, b"B" * 200_000
     a_done = asyncio.Event()
     put_file = artifactstore.put_file
@@ -181,29 +180,35 @@ async def test_a_losing_upload_done_before_the_winner_wrote_is_purged(
         return await put_file(*args, **kwargs)
 
     monkeypatch.setattr(artifactstore, "put_file", put_file_holding_the_second)
-    nc = await nats.connect(system.settings.nats_url)
+    # A short upload window: A's record is due, and swept, soon after B's description.
+    short = msgspec.structs.replace(settings, artifact_upload_window_seconds=5.0)
+    nc = await nats.connect(settings.nats_url)
     try:
-        async with system.client() as client, worker_client(system.base_url) as worker:
-            job = await start_external(client, file="a.pdf")
-            await job.report_when_held(worker, progress=10)
-            upload_b = asyncio.create_task(_put(worker, job, second))
-            await asyncio.sleep(0.5)  # B has read the name and waits before its chunks
-            await asyncio.wait_for(_put(worker, job, first), 30)
-            names = Names(system.settings.prefix)
-            object_name = names.artifact_object(job.id, NAME)
-            a_nuid = (await artifactstore.object_info(nc.jetstream(), names, object_name)).nuid
-            a_done.set()
-            await asyncio.wait_for(upload_b, 30)
-            subject = artifactstore.chunk_subject(names, a_nuid)
-            async with asyncio.timeout(40):
-                while True:
-                    try:
-                        await nc.jetstream().get_last_msg(artifactstore.stream_name(names), subject)
-                    except nats.js.errors.NotFoundError:
-                        break
-                    await asyncio.sleep(0.2)  # the sweep runs in the API's background
-            await job.report(worker, result={})
-            (sha256, _), served = await _listing_and_bytes(client, job)
+        async with System(short) as system:
+            await system.start()
+            async with system.client() as client, worker_client(system.base_url) as worker:
+                job = await start_external(client, file="a.pdf")
+                await job.report_when_held(worker, progress=10)
+                upload_b = asyncio.create_task(_put(worker, job, second))
+                await asyncio.sleep(0.5)  # B has read the name and waits before its chunks
+                await asyncio.wait_for(_put(worker, job, first), 30)
+                names = Names(system.settings.prefix)
+                object_name = names.artifact_object(job.id, NAME)
+                a_nuid = (await artifactstore.object_info(nc.jetstream(), names, object_name)).nuid
+                a_done.set()
+                await asyncio.wait_for(upload_b, 30)
+                subject = artifactstore.chunk_subject(names, a_nuid)
+                async with asyncio.timeout(40):
+                    while True:
+                        try:
+                            await nc.jetstream().get_last_msg(
+                                artifactstore.stream_name(names), subject
+                            )
+                        except nats.js.errors.NotFoundError:
+                            break
+                        await asyncio.sleep(0.2)  # the sweep runs in the API's background
+                await job.report(worker, result={})
+                (sha256, _), served = await _listing_and_bytes(client, job)
     finally:
         await nc.close()
     assert served == second

@@ -10,38 +10,19 @@ from pathlib import Path
 import httpx
 import msgspec
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from jobrunner.common.metricsexposition import MetricsListener
 from jobrunner.common.settings import Settings
 from jobrunner.embedded.serverprocess import free_port
+from tests.metrics_support import Samples, scrape, value
 from tests.system import System
 from tests.tools.job_type_files import TEST_TYPES
 from tests.ui_support import TERMINAL, start_job, wait_for_status
-
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
     return msgspec.structs.replace(settings, job_types_file=TEST_TYPES, auth=True)
-
-
-async def scrape(client: httpx.AsyncClient) -> Samples:
-    """Every sample of ``/metrics``, read with prometheus_client's own parser."""
-    response = await client.get("/metrics")
-    assert response.status_code == 200, response.text
-    assert response.headers["content-type"].startswith("text/plain")
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(response.text)
-        for sample in family.samples
-    }
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    """The sample's value (0 when absent: a labelled counter appears at its first count)."""
-    return samples.get((name, frozenset(labels.items())), 0.0)
 
 
 async def run_job(system: System, **parameters: object) -> str:

@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import Metric
 
 from jobrunner.common.looptime import MOST_BOUNDS
-from jobrunner.common.metricsexposition import all_families
+from jobrunner.common.metricsexposition import PeerMetrics
 from jobrunner.embedded.serverprocess import free_port
 from tests.tools.event_loops import LOOPS, run_on
 from tests.tools.held_loop import loop_held_again_and_again
@@ -50,9 +50,10 @@ async def _scrape_with_the_loop_blocked(
     at its first poll after the scrape began (``connect``: its connect under way), or from the
     moment the peer has the request (``read``: the scrape waiting for the answer, which the
     peer sends as the block begins)."""
-    if when == "connect":
-        block.at_next_poll(lambda: time.sleep(blocked))
-    families = await all_families("api", {"runner": f"http://127.0.0.1:{port}"}, PEER_TIMEOUT)
+    async with PeerMetrics(PEER_TIMEOUT) as peers:
+        if when == "connect":
+            block.at_next_poll(lambda: time.sleep(blocked))
+        families = await peers.all_families("api", {"runner": f"http://127.0.0.1:{port}"})
     return _peer_series(families)
 
 
@@ -94,10 +95,11 @@ LATE = 0.5
 async def _scrape_of_a_trickling_peer_with_the_loop_held_again_and_again(
     port: int,
 ) -> tuple[float, dict[str, float]]:
-    with loop_held_again_and_again(HOLD, FREE):
-        started = time.monotonic()
-        families = await all_families("api", {"runner": f"http://127.0.0.1:{port}"}, PEER_TIMEOUT)
-        return time.monotonic() - started, _peer_series(families)
+    async with PeerMetrics(PEER_TIMEOUT) as peers:
+        with loop_held_again_and_again(HOLD, FREE):
+            started = time.monotonic()
+            families = await peers.all_families("api", {"runner": f"http://127.0.0.1:{port}"})
+            return time.monotonic() - started, _peer_series(families)
 
 
 @pytest.mark.parametrize("loop", LOOPS)

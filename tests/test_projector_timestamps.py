@@ -204,6 +204,40 @@ async def test_a_zoned_time_in_a_repeated_hour_after_its_twin_is_stored_as_its_o
     await assert_stored_as_asyncpg_stores(connections, [first, first.replace(fold=1)])
 
 
+def days_at_the_ends_of_pythons_range() -> list[datetime]:
+    """The first and last days the encoder takes the careful way and the days next to them,
+    each ±1 µs, at UTC and the largest offsets either side (those a UTC conversion can overflow
+    with)."""
+    days = [datetime(1, 1, 2), datetime(1, 1, 3)]
+    days += [datetime(9999, 12, 29), datetime(9999, 12, 30), datetime(9999, 12, 31)]
+    offsets = [
+        UTC,
+        timezone(timedelta(hours=23, minutes=59)),
+        timezone(-timedelta(hours=23, minutes=59)),
+    ]
+    times = []
+    for day in days:
+        for step in (-1, 0, 1):
+            instant = day.replace(tzinfo=UTC) + timedelta(microseconds=step)
+            for offset in offsets:
+                times.append(instant.astimezone(offset))
+    return times
+
+
+async def test_times_at_the_ends_of_pythons_range_are_stored_as_asyncpg_stores_them(
+    connections: tuple[Any, Any],
+) -> None:
+    """Times in the two days at each end of Python's range that the encoder treats carefully,
+    and those just inside, at any offset: stored as asyncpg stores them, each after another
+    time and once more right after itself (the encoder keeps the last time it encoded)."""
+    edges = days_at_the_ends_of_pythons_range()
+    await assert_stored_as_asyncpg_stores(connections, edges)
+    for value in edges:
+        await assert_stored_as_asyncpg_stores(
+            connections, [datetime(2020, 1, 1, tzinfo=UTC), value, value]
+        )
+
+
 async def test_read_times_are_the_ones_asyncpg_reads(connections: tuple[Any, Any]) -> None:
     """Decoding too (the projector's connections read few times, but read them alike)."""
     theirs, ours = connections

@@ -337,7 +337,9 @@ def test_the_artifacts_section_gives_the_codes_figures() -> None:
         "PURGE_ATTEMPTS": f"{artifactstore.PURGE_ATTEMPTS} times in a row",
         "GUARD_SUBJECTS": f"a consumer of the bucket per {artifactstore.GUARD_SUBJECTS} members",
         "UPLOAD_PATIENCE_SECONDS": f"({artifactupload.UPLOAD_PATIENCE_SECONDS:g} s,",
-        "UPLOAD_WINDOW_SECONDS": f"within {artifactpurges.UPLOAD_WINDOW_SECONDS:g} s",
+        "artifact_upload_window_seconds": (
+            f"within the upload window ({Settings().artifact_upload_window_seconds:g} s"
+        ),
         "SERVER_SUBJECTS_PAGE": f"a page of {artifactpurges.SERVER_SUBJECTS_PAGE:,}",
         "DESCRIBING_WINDOW_SECONDS": {3600.0: "an hour"}.get(
             artifactpurges.DESCRIBING_WINDOW_SECONDS, "?"

@@ -13,20 +13,24 @@ from typing import Any
 
 import nats
 import pytest
-from nats.js import JetStreamContext
-from nats.js.errors import ServiceUnavailableError
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext, api
+from nats.js.errors import NotFoundError, ServiceUnavailableError
 from structlog.testing import capture_logs
 
 from jobrunner.common import ackinbox, retry
 from jobrunner.common.settings import Settings
 from jobrunner.common.subscription import (
     OrderedReader,
+    deletes_pending,
     fetch_one,
     fetch_some,
+    forget_deletes,
     last_message,
     last_stored,
     next_stored,
     ordered_reader,
+    position,
     reopen_after_reconnect,
 )
 from jobrunner.contracts.names import Names
@@ -445,3 +449,204 @@ async def test_a_flood_dropped_while_nobody_reads_and_more_published_meanwhile_i
         seqs = await read_until_idle(reader, 3)
         assert reader.sub is not first, "nothing dropped: the test tested nothing"
     assert seqs == list(range(1, 21))
+
+
+# --- flow-control answers sent as the reader takes (session 41)
+
+
+def hold_points(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """Each flow-control request nats-py holds from now on (it came while messages sent before
+    it were still queued), by its reply subject: the stream sequence of the last message that
+    came before it (nats-py's ``_sseq`` as it reads the request)."""
+    points: dict[str, int] = {}
+    schedule = JetStreamContext._JSI.schedule_flow_control_response
+
+    def hold(jsi: Any, reply: str) -> None:
+        points[reply] = jsi._sseq
+        schedule(jsi, reply)
+
+    monkeypatch.setattr(JetStreamContext._JSI, "schedule_flow_control_response", hold)
+    return points
+
+
+async def test_a_reader_that_takes_promptly_never_leaves_the_server_waiting_for_its_answer(
+    settings: Settings, js: JetStreamContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader that takes what comes reads a backlog of many flow-control windows without the
+    server ever stalling for its answer, even for requests that came while the window's last
+    messages were still queued: the reader sends those answers as it takes, and is the only
+    one to (nats-py's own look for held answers, every 0.25 s, is stopped), so an answer it
+    missed would stall the server until its next idle heartbeat (5 s), which says so
+    (``Nats-Consumer-Stalled``). (Before: only that look sent them, up to a quarter second of
+    an idle server per window; a job's stream read from its start came at a third of its
+    speed.)"""
+    names = Names(settings.prefix)
+    count = 20_000  # 20 MB: many windows (about 2 MB at first)
+    await publish(js, [names.job_kind_subject("a", "lines")] * count, size=1000)
+    held = hold_points(monkeypatch)
+    stalls: list[str] = []
+
+    async def note_stall(msg: Msg) -> None:
+        if msg.headers and api.Header.CONSUMER_STALLED in msg.headers:
+            stalls.append(msg.headers[api.Header.CONSUMER_STALLED])
+
+    spy = await nats.connect(settings.nats_url)  # sees what the server sends the reader
+    try:
+        async with ordered_reader(js, names.stream, names.all_subjects) as reader:
+            assert reader.sub is not None
+            jsi = reader.sub._sub._jsi
+            await asyncio.sleep(0)  # the cancel lands
+            assert jsi._fctask.cancelled(), "nats-py's look still runs: it may send the answers"
+            await spy.subscribe(jsi._ccreq.deliver_subject, cb=note_stall)
+            seqs: list[int] = []
+            while len(seqs) < count and not stalls:
+                batch = await reader.next_batch(10)
+                assert batch, "the reader went idle before every message arrived"
+                seqs += [m.metadata.sequence.stream for m in batch]
+            unanswered = jsi._fcr
+    finally:
+        await spy.close()
+    assert held, "no request came while messages were queued: the test tested nothing"
+    assert stalls == [], "the server waited for an answer the reader held back"
+    assert unanswered is None
+    assert seqs == list(range(1, count + 1))
+
+
+async def test_a_flow_control_answer_waits_until_the_reader_took_what_came_before_it(
+    settings: Settings, js: JetStreamContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While a reader is behind (its batch full: its viewers have not taken it), its answer to
+    a flow-control request waits, longer than nats-py's 0.25 s look, and the server sends
+    nothing more meanwhile; once the reader takes, the answer goes, and every held answer goes
+    only once the message the server sent last before its request is in the reader's batch.
+    Every message arrives once, in order."""
+    names = Names(settings.prefix)
+    count = 3000  # 30 MB of 10 kB messages through a 64 kB batch
+    await publish(js, [names.job_kind_subject("a", "lines")] * count, size=10_000)
+    points = hold_points(monkeypatch)
+    answers: list[tuple[int, int]] = []  # (the reader's last message when sent, the point)
+    readers: list[OrderedReader] = []
+    publish_on = js._nc.publish
+
+    async def noting_answers(subject: str, *args: Any, **kwargs: Any) -> None:
+        if subject in points:
+            last = readers[0]._last
+            answers.append((position(last)[0] if last else 0, points[subject]))
+        await publish_on(subject, *args, **kwargs)
+
+    monkeypatch.setattr(js._nc, "publish", noting_answers)
+    async with ordered_reader(
+        js, names.stream, names.all_subjects, max_buffered_bytes=64 * 1024
+    ) as reader:
+        readers.append(reader)
+        assert reader.sub is not None
+        jsi = reader.sub._sub._jsi
+        async with asyncio.timeout(30):
+            while jsi._fcr is None:  # noqa: ASYNC110 - nats-py's held answer: nothing signals it
+                await asyncio.sleep(0.01)
+        delivered = (await reader.sub.consumer_info()).delivered.consumer_seq
+        await asyncio.sleep(0.6)  # past two of nats-py's looks, had it still one
+        held = jsi._fcr
+        assert answers == [], "answered while the reader was behind"
+        assert held is not None
+        assert (await reader.sub.consumer_info()).delivered.consumer_seq == delivered
+        batches = await read_all(reader, count)
+    assert held in points
+    assert answers, "no held answer went out once the reader took"
+    assert [(last, point) for last, point in answers if last < point] == []
+    assert [seq for batch in batches for seq in batch] == list(range(1, count + 1))
+
+
+# --- drops while a reader's first consumer is made, and a failing report of a drop
+
+
+async def test_messages_dropped_while_a_readers_first_consumer_is_made_are_read_again(
+    settings: Settings, js: JetStreamContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """nats-py drops messages of a reader whose first consumer's create has not answered yet
+    (the server sends the first messages as it makes the consumer, and may do so before its
+    reply): the dropped subscription goes at once, the reader still gets every message once,
+    in order, and the consumer that create made is deleted as soon as it answered, not left for
+    the server's clean-up. Here the create's answer is handed back only after the drop, and
+    nothing is delivered to the reader until then. (Before: the reader opened again beside the
+    create, took its consumer for the old one's and left the consumer the create made.)"""
+    names = Names(settings.prefix)
+    # Earlier tests' readers may still have deletes queued in this event loop: none of ours.
+    await forget_deletes()
+    count = 100  # 10 MB, its first window more than nats-py's 1 MB queue here
+    await publish(js, [names.job_kind_subject("a", "lines")] * count, size=100_000)
+    small_nats_py_queues(js, monkeypatch)
+    dropped, delivering = asyncio.Event(), asyncio.Event()
+    lost, on_message = OrderedReader.lost_messages, OrderedReader._on_message
+
+    def noting_the_drop(reader: OrderedReader, why: str) -> None:
+        lost(reader, why)
+        dropped.set()
+
+    async def once_delivering(reader: OrderedReader, msg: Msg) -> None:
+        await delivering.wait()
+        await on_message(reader, msg)
+
+    monkeypatch.setattr(OrderedReader, "lost_messages", noting_the_drop)
+    monkeypatch.setattr(OrderedReader, "_on_message", once_delivering)
+    made: list[str] = []
+    add_consumer = js.add_consumer
+
+    def subscribed(deliver: str) -> bool:
+        return any(sub.subject == deliver for sub in js._nc._subs.values())
+
+    async def answered_after_a_drop(stream: str, config: Any, **kwargs: Any) -> Any:
+        made.append(config.name)
+        info = await add_consumer(stream, config, **kwargs)
+        if len(made) == 1:  # the first create: the reader opened again makes the next ones
+            async with asyncio.timeout(30):
+                await dropped.wait()
+                while subscribed(config.deliver_subject):  # noqa: ASYNC110 - nothing signals it
+                    await asyncio.sleep(0.01)
+            delivering.set()
+        return info
+
+    monkeypatch.setattr(js, "add_consumer", answered_after_a_drop)
+    async with ordered_reader(js, names.stream, names.all_subjects) as reader:
+        seqs = await read_until_idle(reader, 3)
+        async with asyncio.timeout(10):
+            while deletes_pending():  # noqa: ASYNC110 - the reader's deletions: nothing signals them
+                await asyncio.sleep(0.05)
+        # Asked at once: the server would remove it itself 5 s after its subscription went.
+        with pytest.raises(NotFoundError):
+            await js.consumer_info(names.stream, made[0])
+        assert reader.sub is not None
+        assert reader.sub._consumer == made[-1] != made[0]
+    assert seqs == list(range(1, count + 1))
+
+
+async def test_a_failing_report_of_a_drop_leaves_the_connection_reading(
+    settings: Settings, js: JetStreamContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Should telling a reader that nats-py dropped its messages fail (the connection's error
+    callback, ``eventstore.connect``), the failure is logged and the connection goes on: it
+    never reconnects, publishes are acknowledged and another reader on it reads."""
+    names = Names(settings.prefix)
+    await publish(js, [names.job_kind_subject("a", "lines")] * 30, size=100_000)
+    small_nats_py_queues(js, monkeypatch)
+
+    def broken(reader: OrderedReader, why: str) -> None:
+        raise RuntimeError("the report failed")
+
+    monkeypatch.setattr(OrderedReader, "lost_messages", broken)
+    with capture_logs() as logs:
+        async with ordered_reader(
+            js, names.stream, names.all_subjects, max_buffered_bytes=64 * 1024
+        ):
+            async with asyncio.timeout(30):
+                while "reader not told of its lost messages" not in [log["event"] for log in logs]:  # noqa: ASYNC110 - a log line: nothing signals it
+                    await asyncio.sleep(0.05)
+    monkeypatch.undo()
+    other = names.job_kind_subject("b", "lines")
+    async with asyncio.timeout(30):  # a connection that stopped reading fails here, not hangs
+        await publish(js, [other] * 5)
+        async with ordered_reader(js, names.stream, [other]) as reader:
+            batches = await read_all(reader, 5)
+    assert [seq for batch in batches for seq in batch] == list(range(31, 36))
+    assert js._nc.stats["reconnects"] == 0
+    assert js._nc.is_connected

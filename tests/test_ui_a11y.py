@@ -8,6 +8,7 @@ import msgspec
 import pytest
 from playwright.async_api import Page, expect
 
+from jobrunner.common.bidicontrols import isolated
 from jobrunner.common.settings import Settings
 from tests.system import System
 from tests.tools.job_type_files import TEST_TYPES
@@ -59,6 +60,8 @@ async def test_status_and_progress_have_spoken_labels(page: Page, system: System
     await expect(bar).to_have_attribute("aria-label", re.compile(r"^Status: Läuft, \d+ %$"))
     announcer = page.locator("#announcer")
     await expect(announcer).to_have_attribute("aria-live", "polite")
-    await expect(announcer).to_have_text("Job Emit lines beendet: Erfolgreich", timeout=30_000)
+    await expect(announcer).to_have_text(
+        f"Job {isolated('Emit lines')} beendet: Erfolgreich", timeout=30_000
+    )
     # The terminal itself never speaks each line.
     await expect(page.locator("[data-terminal]")).to_have_count(0)

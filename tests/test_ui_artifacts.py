@@ -8,6 +8,7 @@ import msgspec
 import pytest
 from playwright.async_api import Page, expect
 
+from jobrunner.common.bidicontrols import isolated
 from jobrunner.common.settings import Settings
 from tests.system import System
 from tests.tools.job_type_files import ARTIFACT_TYPES
@@ -44,7 +45,7 @@ async def test_artifact_link_downloads_the_file(page: Page, system: System) -> N
     section = page.locator("#artifacts")
     await expect(section.get_by_role("link", name="Download all as ZIP")).to_be_visible()
     async with page.expect_download() as info:
-        await section.get_by_role("link", name="Download summary.txt").click()
+        await section.get_by_role("link", name=f"Download {isolated('summary.txt')}").click()
     download = await info.value
     assert download.suggested_filename == "summary.txt"
     assert Path(await download.path()).read_bytes() == b"3 pages read\n"
@@ -56,7 +57,7 @@ async def test_an_html_artifact_is_downloaded_not_shown(page: Page, system: Syst
     job_id = await start_job(system, "artifacts", mode="page")
     await wait_for_status(system, job_id, {"completed"})
     await page.goto(f"/jobs/{job_id}?lang=en")
-    link = page.locator("#artifacts").get_by_role("link", name="Download page.html")
+    link = page.locator("#artifacts").get_by_role("link", name=f"Download {isolated('page.html')}")
     async with page.expect_download() as clicked:
         await link.click()
     download = await clicked.value
@@ -79,7 +80,9 @@ async def test_artifacts_appear_when_a_live_job_ends(page: Page, system: System)
     section = page.locator("#artifacts")
     await expect(section.locator("[data-artifacts-empty]")).to_contain_text("sobald er endet")
     await expect(section.locator("[data-artifact-count]")).to_have_text("5", timeout=30_000)
-    await expect(section.get_by_role("link", name="summary.txt herunterladen")).to_be_visible()
+    await expect(
+        section.get_by_role("link", name=f"{isolated('summary.txt')} herunterladen")
+    ).to_be_visible()
 
 
 async def test_job_without_artifacts_says_so(page: Page, system: System) -> None:

@@ -7,6 +7,7 @@ import json
 import re
 from typing import Any
 
+from jobrunner.common.bidicontrols import isolated
 from tests.system import System
 from tests.ui_support import (
     settings,  # noqa: F401  (the fixture: the test job types)
@@ -64,7 +65,7 @@ async def test_batch_page_carries_its_id_and_the_four_actions(system: System) ->
     async with system.client() as client:
         page = (await client.get(f"/batches/{batch_id}")).text
     assert f'data-batch-id="{batch_id}"' in page
-    assert "<title>Vier Aktionen · Jobrunner</title>" in page
+    assert f"<title>{isolated('Vier Aktionen')} · Jobrunner</title>" in page
     for action in ("restart", "pending", "fail", "archive", "unarchive"):
         assert f'data-batch-action="{action}"' in page
     assert "Ausstehende neu starten" in page
@@ -111,7 +112,7 @@ async def test_recent_jobs_have_a_checkbox_each(system: System) -> None:
     async with system.client() as client:
         page = (await client.get("/jobs")).text
     assert 'data-select-all aria-label="Alle auf dieser Seite auswählen"' in page
-    assert f'data-select="{job_id}" aria-label="Auswählen: Emit lines"' in page
+    assert f'data-select="{job_id}" aria-label="Auswählen: {isolated("Emit lines")}"' in page
     assert 'data-selection-action="restart"' in page
 
 

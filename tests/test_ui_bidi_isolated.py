@@ -6,18 +6,17 @@ real Chromium on the pages that show them."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import msgspec
 import pytest
-from playwright.async_api import Browser, Page, expect
+from playwright.async_api import Page, expect
 
+from jobrunner.common.bidicontrols import isolated
 from jobrunner.common.settings import Settings
 from jobrunner.contracts import events
 from jobrunner.contracts.events import JobStatus
 from tests.batch_support import batch_events
-from tests.browser import open_page
 from tests.history_support import job_events, publish, wait_projected
 from tests.system import System
 from tests.tools.job_type_files import TEST_TYPES
@@ -28,21 +27,28 @@ BATCH_NAME = "b\u202eidi"  # listed as "bidi" (its own text reversed) before
 REASON = "stop \u202e now"
 ARTIFACT = "invoice\u202efdp.exe"  # read "invoiceexe.pdf" before
 LINE = "wrote \u202eevil.txt"
+TITLE = "Export \u202ecsv.exe"  # a job type's title (configuration, not checked for overrides)
+# How a label names it: its override dropped, the title between FSI and PDI (U+2068, U+2069).
+TITLE_IN_LABEL = isolated(TITLE)
+DASH = "\u2013"  # between a side panel row's parts in its label
 
 
 @pytest.fixture
-def settings(settings: Settings) -> Settings:
-    return msgspec.structs.replace(settings, job_types_file=TEST_TYPES)
+def settings(settings: Settings, tmp_path: Path) -> Settings:
+    """The tests' job types, and ``spoof`` whose title holds an override."""
+    job_types = tmp_path / "jobtypes.toml"
+    job_types.write_text(
+        Path(TEST_TYPES).read_text()
+        + '\n[job_types.spoof]\ntitle = "Export \\u202ecsv.exe"\n'
+        + 'argv = ["{python}", "tests/tools/emit.py"]\n'
+    )
+    return msgspec.structs.replace(settings, job_types_file=str(job_types))
 
 
 @pytest.fixture
-async def page(browser: Browser, projector_and_api: System) -> AsyncIterator[Page]:
-    """A page on a system without a runner: the jobs published here keep their status."""
-    opened = await open_page(browser, projector_and_api)
-    yield opened
-    errors = opened.script_errors  # type: ignore[attr-defined]
-    await opened.context.close()
-    assert not errors, errors
+def system(projector_and_api: System) -> System:
+    """No runner (for tests.browser's ``page``): the jobs published here keep their status."""
+    return projector_and_api
 
 
 async def isolation_of(page: Page, selector: str, text: str) -> str:
@@ -66,6 +72,13 @@ async def isolation_of(page: Page, selector: str, text: str) -> str:
     )
 
 
+async def own_isolation(page: Page, selector: str, text: str) -> str:
+    """The ``unicode-bidi`` Chromium computes for the element matching ``selector`` and
+    ``text`` itself (a ``<bdi>``: ``isolate``, whatever its layout)."""
+    element = page.locator(selector).filter(has_text=text).first
+    return str(await element.evaluate("element => getComputedStyle(element).unicodeBidi"))
+
+
 async def test_old_batch_names_and_reasons_are_shown_isolated(
     page: Page, projector_and_api: System, settings: Settings
 ) -> None:
@@ -82,9 +95,168 @@ async def test_old_batch_names_and_reasons_are_shown_isolated(
     # which Chromium isolates; they are marked dir=auto all the same.
     for field, shown in (("name", BATCH_NAME), ("failed_reason", REASON)):
         cell = page.locator(f'[data-field="{field}"]')
-        assert (await cell.text_content(), await cell.get_attribute("dir")) == (shown, "auto")
+        await expect(cell).to_have_text(shown)  # filled by the page's script
+        assert await cell.get_attribute("dir") == "auto"
     # The page's title is plain text: the name's own override dropped, the name isolated.
-    await expect(page).to_have_title("\u2068bidi\u2069 · Jobrunner")
+    await expect(page).to_have_title(f"{isolated(BATCH_NAME)} · Jobrunner")
+
+
+async def test_a_batch_pages_title_is_isolated_before_its_script_runs(
+    page: Page, projector_and_api: System, settings: Settings
+) -> None:
+    """The title the server writes for batch ``b<U+202E>idi`` is the one the script sets:
+    ``<FSI>bidi<PDI> · Jobrunner`` (before: the raw name until the script replaced it)."""
+    await wait_projected(settings, await publish(settings, batch_events("old", 1, name=BATCH_NAME)))
+    await page.route("**/*.js", lambda route: route.abort())  # no script: the server's title
+    await page.goto("/batches/old")
+    assert await page.title() == f"{isolated(BATCH_NAME)} · Jobrunner"
+
+
+async def labels_naming(page: Page, text: str) -> list[str]:
+    """Every ``aria-label`` on the page holding ``text``'s letters (its controls aside)."""
+    letters = text.replace("\u202e", "")
+    labels = await page.locator("[aria-label]").evaluate_all(
+        "elements => elements.map(element => element.getAttribute('aria-label'))"
+    )
+    return [label for label in labels if letters in label.replace("\u202e", "")]
+
+
+async def test_job_type_titles_in_labels_are_isolated(
+    page: Page, projector_and_api: System, settings: Settings
+) -> None:
+    """A job type titled ``Export <U+202E>csv.exe``: each label naming it (a running job's log
+    and checkbox, a past job's checkbox and link, the side panel's row, the batch page's link)
+    holds it isolated, its override dropped, so a screen reader reads it in order; so does the
+    job's page title."""
+    stream: list[events.Publishable] = [
+        *job_events("running", "spoof", status=JobStatus.RUNNING),
+        *job_events("done", "spoof", minute=1, status=JobStatus.COMPLETED),
+        *batch_events("spoofs", 1, name="spoofs", job_types=["spoof"]),
+    ]
+    await wait_projected(settings, await publish(settings, stream))
+
+    await page.goto("/jobs")
+    await expect(page.locator('[data-select="done"]')).to_be_attached()
+    await expect(page.locator('[data-select="running"]')).to_be_attached()
+    await expect(page.locator("#panel-list [data-link]")).to_have_count(3)  # the side panel
+    assert set(await labels_naming(page, TITLE)) == {
+        f"Log-Ausgabe: {TITLE_IN_LABEL}",
+        f"Auswählen: {TITLE_IN_LABEL}",
+        f"Logs anzeigen: {TITLE_IN_LABEL}",
+        f"{TITLE_IN_LABEL} spoof",  # the running job's card
+        f"{TITLE_IN_LABEL} {DASH} Status: Läuft {DASH} Läuft",
+        f"{TITLE_IN_LABEL} {DASH} Status: Erfolgreich {DASH} Erfolgreich",
+        f"{TITLE_IN_LABEL} {DASH} Status: Wartend {DASH} Wartend",
+    }
+
+    await page.goto("/jobs/done")  # the job's page is titled with its type's title
+    assert await page.title() == f"{TITLE_IN_LABEL} · Jobrunner"
+
+    await page.goto("/batches/spoofs")
+    await expect(page.locator("#batch-jobs-body [data-link]")).to_have_attribute(
+        "aria-label", f"Logs anzeigen: {TITLE_IN_LABEL} 1"
+    )
+
+
+async def test_job_type_titles_shown_are_isolated(
+    page: Page, projector_and_api: System, settings: Settings
+) -> None:
+    """The same title wherever it is shown: a running job's card (its heading, and its
+    accessible name, which held the raw override), the history's row, the side panel's row,
+    the cancel dialog, the job's page heading and the batch page's row each show it inside a
+    ``<bdi>`` (the headings and the dialog's sentence go on after it). A heading's parts are
+    flex items (blocks, isolated by their layout too), so its ``<bdi>``'s own style is read."""
+    stream: list[events.Publishable] = [
+        *job_events("running", "spoof", status=JobStatus.RUNNING),
+        *job_events("done", "spoof", minute=1, status=JobStatus.COMPLETED),
+        *batch_events("spoofs", 1, name="spoofs", job_types=["spoof"]),
+    ]
+    await wait_projected(settings, await publish(settings, stream))
+
+    await page.goto("/jobs")
+    card = page.locator('[data-job-card][data-job-id="running"]')
+    await expect(card).to_have_attribute("aria-label", f"{TITLE_IN_LABEL} spoof")
+    await expect(page.locator("#panel-list [data-link]")).to_have_count(3)
+    for shown in (
+        '[data-job-card][data-job-id="running"] h3 bdi',
+        '#recent [data-job-row][data-job-id="done"] bdi',
+        "#panel-list [data-title]",
+    ):
+        assert await own_isolation(page, shown, TITLE) == "isolate", shown
+    await card.locator("[data-cancel]").click()
+    dialog = page.locator("#cancel-dialog")
+    await expect(dialog).to_be_visible()
+    assert await isolation_of(page, "#cancel-dialog [data-cancel-name]", TITLE) == "isolate"
+
+    await page.goto("/jobs/done")
+    assert await own_isolation(page, "h1 bdi", TITLE) == "isolate"
+
+    await page.goto("/batches/spoofs")
+    await expect(page.locator("#batch-jobs-body [data-title]")).to_have_text(TITLE)
+    assert await own_isolation(page, "#batch-jobs-body [data-title]", TITLE) == "isolate"
+
+
+# Every text #announcer takes (each announcement replaces the one before, 50 ms after clearing
+# it): kept in window.announced so that a test can wait for one however soon the next comes.
+RECORD_ANNOUNCEMENTS = """() => {
+    window.announced = [];
+    const region = document.getElementById("announcer");
+    new MutationObserver(() => {
+        if (region.textContent) window.announced.push(region.textContent);
+    }).observe(region, { childList: true, characterData: true, subtree: true });
+}"""
+
+
+async def announced(page: Page, text: str) -> None:
+    """Wait until the page announced exactly ``text``."""
+    await page.wait_for_function("text => window.announced.includes(text)", arg=text)
+
+
+async def test_job_type_titles_in_announcements_are_isolated(
+    page: Page, projector_and_api: System, settings: Settings
+) -> None:
+    """The announcements naming a job type's title hold it isolated: a ``spoof`` job started
+    from the dialog, one started elsewhere appearing on the page, ``spoof`` added to a new
+    batch, and a job's end on the jobs page and on its own page (which read the title from the
+    page: an empty title once it was in a ``<bdi>``, before the scripts read it there)."""
+    await page.goto("/jobs")
+    await page.wait_for_selector("html[data-ready]")
+    await page.evaluate(RECORD_ANNOUNCEMENTS)
+
+    await page.get_by_role("button", name="Neuer Job").click()
+    await page.locator('#new-job-dialog input[name="job_type"][value="spoof"]').check()
+    await expect(page.locator('#job-params [data-job-type="spoof"]')).to_be_attached()
+    await page.locator("#new-job-submit").click()
+    await announced(page, f"Job gestartet: {TITLE_IN_LABEL}")
+
+    await publish(settings, job_events("elsewhere", "spoof", status=JobStatus.RUNNING))
+    await announced(page, f"Job {TITLE_IN_LABEL} gestartet")
+
+    await page.get_by_role("button", name="Neuer Batch").click()
+    await page.locator('#new-batch-dialog input[name="batch_job_type"][value="spoof"]').check()
+    await expect(page.locator('#batch-job-params [data-job-type="spoof"]')).to_be_attached()
+    await page.locator("#batch-add").click()
+    await announced(page, f"Job hinzugefügt: {TITLE_IN_LABEL}")
+    await page.keyboard.press("Escape")
+
+    # Its end, on the jobs page (the title read from its card) and on its own page.
+    await expect(page.locator('[data-job-card][data-job-id="elsewhere"]')).to_be_attached()
+    await publish(settings, [finished("elsewhere")])
+    await announced(page, f"Job {TITLE_IN_LABEL} beendet: Erfolgreich")
+    watched = job_events("watched", "spoof", status=JobStatus.RUNNING)
+    await wait_projected(settings, await publish(settings, watched))  # its page is there
+    await page.goto("/jobs/watched")
+    await page.wait_for_selector("html[data-ready]")
+    await page.evaluate(RECORD_ANNOUNCEMENTS)
+    await publish(settings, [finished("watched")])
+    await announced(page, f"Job {TITLE_IN_LABEL} beendet: Erfolgreich")
+
+
+def finished(job_id: str) -> events.StatusChanged:
+    """Job ``job_id``'s end: completed."""
+    return events.StatusChanged(
+        job_id=job_id, event_id=events.terminal_event_id(job_id), status=JobStatus.COMPLETED
+    )
 
 
 async def test_each_parameter_value_in_a_running_jobs_summary_is_isolated(
@@ -146,6 +318,19 @@ async def test_old_artifact_names_and_tool_lines_are_shown_isolated(
     await page.goto("/jobs/spoof")
     assert await isolation_of(page, "#artifacts a", ARTIFACT) == "isolate"
     assert await isolation_of(page, ".log-row .txt", LINE) == "isolate"
+    # Its label too, as the server wrote it and as the script writes it when a live job ends.
+    label = f"{isolated(ARTIFACT)} herunterladen"
+    link = page.locator("#artifacts [data-artifact-rows] a")
+    await expect(link).to_have_attribute("aria-label", label)
+    await page.evaluate(
+        """async () => {
+            const { refreshArtifacts } = await import("/static/js/artifacts.js");
+            const link = document.querySelector("#artifacts [data-artifact-rows] a");
+            link.removeAttribute("aria-label");
+            await refreshArtifacts(document.getElementById("artifacts"));
+        }"""
+    )
+    await expect(link).to_have_attribute("aria-label", label)
 
 
 async def test_an_imported_files_name_and_values_are_shown_isolated(
@@ -164,3 +349,26 @@ async def test_an_imported_files_name_and_values_are_shown_isolated(
     assert await summary.locator("bdi").all_text_contents() == ["1", "0\u202e", rows_file.name]
     assert await isolation_of(page, "[data-summary] bdi", rows_file.name) == "isolate"
     assert await isolation_of(page, "[data-summary] bdi", "0\u202e") == "isolate"
+
+
+async def test_the_pages_isolated_is_the_servers(page: Page, projector_and_api: System) -> None:
+    """The script's ``isolated`` (static/js/text.js) writes what the server's
+    (``bidicontrols.isolated``) writes, so a title or a label reads alike before and after the
+    script replaced it: every control, a name of controls only, letters of other scripts."""
+    names = [
+        "",
+        BATCH_NAME,
+        TITLE,
+        ARTIFACT,
+        "".join(chr(code) for code in [*range(0x202A, 0x202F), *range(0x2066, 0x206A)]),
+        "\u2067\u05e9\u05dc\u05d5\u05dd\u2069 \U0001f600 a\u200fb\u2066c",
+    ]
+    await page.goto("/jobs")
+    shown = await page.evaluate(
+        """async names => {
+            const { isolated } = await import("/static/js/text.js");
+            return names.map(isolated);
+        }""",
+        names,
+    )
+    assert shown == [isolated(name) for name in names]

@@ -6,6 +6,7 @@ import msgspec
 import pytest
 from playwright.async_api import Page, Route, expect
 
+from jobrunner.common.bidicontrols import isolated
 from jobrunner.common.settings import Settings
 from tests.system import System
 from tests.tools.job_type_files import TEST_TYPES
@@ -32,7 +33,7 @@ async def test_side_panel_shows_jobs_and_patches_them_live(page: Page, system: S
     await expect(row).to_contain_text("Emit lines")
     await expect(row).to_have_attribute("data-status", "completed", timeout=30_000)
     await expect(row.get_by_role("link")).to_have_accessible_name(
-        "Emit lines \u2013 Status: Erfolgreich, 100 % \u2013 Erfolgreich"
+        f"{isolated('Emit lines')} \u2013 Status: Erfolgreich, 100 % \u2013 Erfolgreich"
     )
     await page.keyboard.press("Escape")
     await expect(panel).to_be_hidden()

@@ -7,7 +7,14 @@ So every such content gets a record in the KV bucket ``<prefix>_artifact_purges`
 nuid) *before* anything could make it garbage (``UploadRecords``):
 
 - before each upload attempt writes a chunk: its own nuid, and the nuid the name serves now (the
-  content it is about to replace), both *unconfirmed*: due ``UPLOAD_WINDOW_SECONDS`` later;
+  content it is about to replace), both *unconfirmed*: due an upload window later (the setting
+  ``artifact_upload_window_seconds``, 80 s);
+- while the attempt's chunks are written, its own record is *renewed* about every third of a
+  window (``UploadRecords.writing``): a compare-and-set of the revision it wrote, due a window on
+  again. So the window bounds how long an API may be silent (dead, stalled), not how long it
+  takes to store an upload; should a sweep have confirmed the record first (the API stalled two
+  thirds of a window between two chunks), the compare-and-set fails and the attempt is given up
+  (503), as at the fence;
 - right before the attempt's description is published, its own record is *fenced*: a
   compare-and-set of the revision it wrote pushes its due ``DESCRIBING_WINDOW_SECONDS`` (an hour)
   on. Should a sweep have changed the record first (it confirmed or took it: the API stalled past
@@ -63,12 +70,6 @@ from jobrunner.contracts.names import Names
 
 log = structlog.get_logger()
 
-# How long after its record an upload can still store the description that decides whether the
-# recorded nuid is live or garbage: two uploads of one name at once may each take their patience
-# (30 s) and a description's ack (5 s), and the later one may have read the name before the earlier
-# one stored (so its description replaces content it never heard of: the earlier one's). An
-# upload whose API stalls longer loses its attempt to the sweep (the fence), never its content.
-UPLOAD_WINDOW_SECONDS = 80.0
 # How long the records stay pending from an attempt's fence to its description's ack: the
 # attempt's own content and the content it replaces (module docstring). Only a stall of the API
 # longer than this between its fence and its description lets a sweep purge the attempt (then
@@ -76,6 +77,9 @@ UPLOAD_WINDOW_SECONDS = 80.0
 # again). Long on purpose: neither content has a reader waiting for its space back, and a
 # successful upload brings its record back to the upload window at once.
 DESCRIBING_WINDOW_SECONDS = 3600.0
+# An attempt's record is renewed this many times a window while its chunks are written: a sweep
+# confirms it only if the API writes nothing for two thirds of a window (a stall, a death).
+RENEWALS_PER_WINDOW = 3
 # JetStream's refusal of a publish whose expected last subject sequence is not the subject's.
 WRONG_LAST_SEQUENCE = 10071
 # The most subjects the server details in one stream info answer (then pages, by offset): the
@@ -158,11 +162,10 @@ async def record(
     names: Names,
     nuid: str,
     object_name: str,
-    window: float | None = None,
+    window: float,
 ) -> int:
     """Content that is garbage unless ``object_name`` serves it once its upload is over (due
-    ``window`` from now, by default ``UPLOAD_WINDOW_SECONDS``); the record's revision."""
-    window = UPLOAD_WINDOW_SECONDS if window is None else window
+    ``window`` from now); the record's revision."""
     entry = PendingPurge(object_name, time.time() + window, confirmed=False)
     revision = await _put(js, names, nuid, entry)
     assert revision is not None  # an unconditional write
@@ -181,21 +184,49 @@ async def confirm(
 
 class UploadRecords:
     """One external upload's records (``artifactstore.put_file`` calls these): each attempt's
-    own content and the content the name served when the upload read it (``replaces``)."""
+    own content and the content the name served when the upload read it (``replaces``), each
+    due ``window`` (``artifact_upload_window_seconds``) after it is written; an hour while
+    fenced."""
 
     def __init__(
-        self, js: JetStreamContext, names: Names, object_name: str, replaces: str | None
+        self,
+        js: JetStreamContext,
+        names: Names,
+        object_name: str,
+        replaces: str | None,
+        window: float,
     ) -> None:
         self._js = js
         self._names = names
         self._object_name = object_name
         self._replaces = replaces
+        self._window = window
         self._revisions: dict[str, int] = {}  # attempt nuid -> its record's revision
+        self._renew_at = 0.0  # monotonic: when the attempt's record is next renewed
 
     async def attempt(self, nuid: str) -> None:
         """Before the attempt's first chunk."""
-        self._revisions[nuid] = await record(self._js, self._names, nuid, self._object_name)
+        self._renew_at = time.monotonic() + self._window / RENEWALS_PER_WINDOW
+        self._revisions[nuid] = await record(
+            self._js, self._names, nuid, self._object_name, self._window
+        )
         await self._record_replaced()
+
+    async def writing(self, nuid: str) -> None:
+        """Between the attempt's chunks: once a third of a window has passed since its record
+        was written, the record is due a window on again (a compare-and-set of its revision),
+        so that storing a big upload may take longer than the window;
+        :class:`artifactstore.AttemptTaken` if a sweep confirmed it first. The replaced
+        content's record is not renewed: a sweep finding it due while the name still serves it
+        drops it, and the fence records it again."""
+        if time.monotonic() < self._renew_at:
+            return
+        self._renew_at = time.monotonic() + self._window / RENEWALS_PER_WINDOW
+        renewed = PendingPurge(self._object_name, time.time() + self._window, confirmed=False)
+        revision = await _put(self._js, self._names, nuid, renewed, last=self._revisions[nuid])
+        if revision is None:
+            raise artifactstore.AttemptTaken(self._object_name)
+        self._revisions[nuid] = revision
 
     async def describing(self, nuid: str) -> None:
         """Right before the attempt's description is published: fence it against the sweep
@@ -228,7 +259,7 @@ class UploadRecords:
         ):
             await self._record_replaced()
             raise artifactstore.AttemptTaken(self._object_name)
-        entry = PendingPurge(self._object_name, time.time() + UPLOAD_WINDOW_SECONDS, False)
+        entry = PendingPurge(self._object_name, time.time() + self._window, False)
         try:
             # Only if still the fence's revision: a later upload's record of it stands.
             await _put(self._js, self._names, nuid, entry, last=self._revisions[nuid])
@@ -237,8 +268,10 @@ class UploadRecords:
             log.warning("artifact purge records not shortened", nuid=nuid, error=repr(exc))
 
     async def _record_replaced(self, window: float | None = None) -> None:
+        """The replaced content's record, due ``window`` (by default the upload window) on."""
         if self._replaces is not None:
-            await record(self._js, self._names, self._replaces, self._object_name, window)
+            due_in = self._window if window is None else window
+            await record(self._js, self._names, self._replaces, self._object_name, due_in)
 
 
 # NATS itself not answering (paused, away, the connection closed): every remaining record would

@@ -134,6 +134,10 @@ class AttemptRecords(Protocol):
     async def attempt(self, nuid: str) -> None:
         """Before the attempt writes its first chunk."""
 
+    async def writing(self, nuid: str) -> None:
+        """Between the attempt's chunks (renews its record now and then); :class:`AttemptTaken`
+        if the attempt is no longer this upload's."""
+
     async def describing(self, nuid: str) -> None:
         """Right before its description is published; :class:`AttemptTaken` if the attempt is
         no longer this upload's to describe."""
@@ -199,6 +203,7 @@ async def put_file(
                 failures == 0,
                 replaces,
                 in_flight,
+                records,
             )
             description = _description(js, info)
             if records is not None:
@@ -254,10 +259,12 @@ async def _put_chunks(
     pipelined: bool,
     replaces: str | None,
     in_flight: list[asyncio.Future[Msg]],
+    records: AttemptRecords | None,
 ) -> tuple[StoredObject, api.ObjectInfo]:
     """Write the attempt's chunks; what it stored and the description to publish.
     ``in_flight``: the acks of the chunks sent and not yet acknowledged; what it holds when
-    this raises is the caller's to settle (``_settled``) before the attempt's purge."""
+    this raises is the caller's to settle (``_settled``) before the attempt's purge.
+    ``records``: told before each chunk (``writing``)."""
     subject = chunk_subject(names, nuid)
     digest = hashlib.sha256()
     # Through the connection's ack inbox, as every other publish: a chunk's ack a NATS restart
@@ -269,6 +276,8 @@ async def _put_chunks(
         if should_stop():
             # Checked at every chunk: NATS may answer again after the lease has lapsed.
             raise UploadStopped(object_name)
+        if records is not None:
+            await records.writing(nuid)
         data = await asyncio.to_thread(source.read, min(CHUNK_BYTES, size - total))
         if not data:
             break  # the file got shorter since its size was taken: store what is there

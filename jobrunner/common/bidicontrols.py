@@ -18,6 +18,14 @@ _ANY = re.compile(f"[{CLASS}]")
 NAMED = "bidirectional overrides and isolates (U+202A-U+202E, U+2066-U+2069)"
 
 
+def isolated(text: str) -> str:
+    """``text`` for plain text no element can isolate (a page's ``<title>``, an ``aria-label`` a
+    screen reader reads): its own such characters dropped, then wrapped in FIRST STRONG ISOLATE
+    ... POP DIRECTIONAL ISOLATE, so it cannot turn the text after it around. The same as the web
+    UI's ``isolated`` (static/js/text.js), so a page reads alike before and after its script."""
+    return f"\u2068{_ANY.sub('', text)}\u2069"
+
+
 def first_in(text: str) -> str | None:
     """The first such character in ``text`` as ``U+202E``, or None when it holds none."""
     found = _ANY.search(text)

@@ -13,8 +13,6 @@ each scraped with a deadline: one that does not answer in time is reported by
 from __future__ import annotations
 
 import asyncio
-import functools
-import ssl
 import threading
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -139,42 +137,51 @@ async def scrape_peer(client: httpx.AsyncClient, url: str) -> list[Metric] | Non
         return None
 
 
-@functools.cache
-def _peer_tls() -> ssl.SSLContext:
-    """The TLS context of every scrape of the peers, built once per process as httpx builds its
-    default one. httpx builds a context for each client it makes, loading the CA bundle again:
-    a CPU cost paid at every /metrics answer otherwise. The client itself is not kept: it
-    belongs to the event loop it was first used on."""
-    return httpx.create_ssl_context()
+class PeerMetrics:
+    """The API's reading of its peers' metrics, with one httpx client for the process's life
+    (built in the API's lifespan, closed at its stop): a client for each answer would load the
+    CA bundle and open every peer connection again each time. The client belongs to the event
+    loop it was built on."""
 
-
-async def all_families(service: str, peers: dict[str, str], timeout: float) -> list[Metric]:
-    """This process's metrics and every peer's, merged; ``jobrunner_metrics_peer_up`` says which
-    peers answered within ``timeout``."""
-    families = own_families(service)
-    if peers:
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
         # httpx's own timeouts are on wall time, a backstop: a step still waiting after 2
         # bounds of wall time is given up; anyio does not cancel a wait whose answer has
         # already come.
-        backstop = timeout * looptime.MOST_BOUNDS
-        async with httpx.AsyncClient(
-            timeout=backstop, follow_redirects=False, verify=_peer_tls()
-        ) as client:
+        self._client = httpx.AsyncClient(
+            timeout=timeout * looptime.MOST_BOUNDS, follow_redirects=False
+        )
+
+    async def all_families(self, service: str, peers: dict[str, str]) -> list[Metric]:
+        """This process's metrics and every peer's, merged; ``jobrunner_metrics_peer_up`` says
+        which peers answered within the timeout."""
+        families = own_families(service)
+        if peers:
             # A deadline over the whole read too: a peer trickling bytes is cut off as well.
             answers = await asyncio.gather(
-                *(_within(scrape_peer(client, url), timeout) for url in peers.values())
+                *(_within(scrape_peer(self._client, url), self.timeout) for url in peers.values())
             )
-        up = GaugeMetricFamily(
-            "jobrunner_metrics_peer_up",
-            "1 when the service's metrics were read for this answer, 0 when it did not answer.",
-            labels=[SERVICE_LABEL],
-        )
-        for name, answer in zip(peers, answers, strict=True):
-            up.add_metric([name], 0 if answer is None else 1)
-            if answer is not None:
-                families.extend(with_service(answer, name))
-        families.extend(with_service([up], service))
-    return merge(families)
+            up = GaugeMetricFamily(
+                "jobrunner_metrics_peer_up",
+                "1 when the service's metrics were read for this answer, 0 when it did not answer.",
+                labels=[SERVICE_LABEL],
+            )
+            for name, answer in zip(peers, answers, strict=True):
+                up.add_metric([name], 0 if answer is None else 1)
+                if answer is not None:
+                    families.extend(with_service(answer, name))
+            families.extend(with_service([up], service))
+        return merge(families)
+
+    async def close(self) -> None:
+        """Closes the client's connections (at once: no TLS goodbye is waited for)."""
+        await self._client.aclose()
+
+    async def __aenter__(self) -> PeerMetrics:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
 
 
 async def _within(scrape: Any, timeout: float) -> list[Metric] | None:

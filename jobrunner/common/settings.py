@@ -115,6 +115,13 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, dict=Tr
     # Every API looks this often for artifact content left to purge by another (killed) API
     # (README "Artifacts": replaced content); also once at start.
     artifact_purge_sweep_seconds: float = 5.0
+    # How long after its record an upload can still store the description that decides whether
+    # the recorded content is live or garbage (artifactpurges): two uploads of one name at once
+    # may each take their patience (30 s) and a description's ack (5 s), and the later one may
+    # have read the name before the earlier one stored (so its description replaces content it
+    # never heard of: the earlier one's). An upload whose API stalls longer loses its attempt to
+    # the sweep (the fence), never its content.
+    artifact_upload_window_seconds: float = 80.0
 
     # Event stream limits (0 means unlimited)
     stream_max_age_days: float = 0
@@ -408,6 +415,11 @@ BOUNDS: dict[str, Bounds] = {
     # (artifactstore._inactive_threshold), in int64 nanoseconds in JetStream.
     "artifact_read_idle_seconds": _seconds(high=LONGEST_SECONDS // 3),
     "artifact_purge_sweep_seconds": _seconds(),
+    # At most the describing window (artifactpurges.DESCRIBING_WINDOW_SECONDS, an hour): the
+    # fence only ever makes a record's due later. At least a second: an upload renews its
+    # attempt's record every third of the window, and a shorter one would give up any upload
+    # whose API paused a fraction of a second between two chunks (a loaded machine's pause).
+    "artifact_upload_window_seconds": _seconds(low=1, high=3600),
     # 0: no limit; else at least the event stream's duplicate window, which JetStream takes
     # only within the max age (error 10052 stopped the start), in a round figure of days
     # (0.0014: 121 s).

@@ -64,19 +64,19 @@ READ_LIMIT = READ_SIZE * 4
 # the delivery's time, which neither parser reads: ``[^.]`` scans its 19 digits in the tight
 # loop, where ``\d`` looks each up in a category (session 40). 40 % fewer
 # instructions a message than the strict ``[^ \r\n]+`` classes (``bench/RESULTS.md``,
-# session 37). Groups: ``<stream seq>.<consumer seq>``, pending, header size, size; the subject
-# first in the second form.
+# session 37). Groups: ``<stream seq>.<consumer seq>``, header size, size; the subject first in
+# the second form. The pending count is cut from the last delivery's head when asked (``pending``).
 # Sizes of at most six digits are always under the frame limit (``frame_limit``: over 64 MiB),
 # so the fast path needs no size check of its own: a larger message (and a size no
 # ``int()`` takes, 4,300 digits and more) goes through the general parser, which checks each.
 # The pending count has at most 20 digits (a 64-bit number), so ``pending`` can always make it one.
 _HEAD = (
-    rb"HMSG [^ ]++ [^ ]++ \$JS\.ACK\.[^.]++\.[^.]++\.\d++\.(\d++\.\d++)\.[^.]++\.(\d{1,20}+) "
+    rb"HMSG [^ ]++ [^ ]++ \$JS\.ACK\.[^.]++\.[^.]++\.\d++\.(\d++\.\d++)\.[^.]++\.\d{1,20}+ "
     rb"(\d{1,6}+) (\d{1,6}+)\r\n"
 )
 # The same, the subject taken too: for a reader that skips the bodies of some subjects.
 _HEAD_WITH_SUBJECT = (
-    rb"HMSG ([^ ]++) [^ ]++ \$JS\.ACK\.[^.]++\.[^.]++\.\d++\.(\d++\.\d++)\.[^.]++\.(\d{1,20}+) "
+    rb"HMSG ([^ ]++) [^ ]++ \$JS\.ACK\.[^.]++\.[^.]++\.\d++\.(\d++\.\d++)\.[^.]++\.\d{1,20}+ "
     rb"(\d{1,6}+) (\d{1,6}+)\r\n"
 )
 _DELIVERY = re.compile(_HEAD)
@@ -172,8 +172,9 @@ class StreamReader:
         self._consumer_seq = 0
         self._error: StreamReaderError | None = None  # met while parsing, raised next
         self.last_seq = 0  # the last message handed out (or about to be, in a batch)
-        # As delivered (digits): made a number only when asked, a tenth of a message's parse.
-        self._pending: bytes | None = None
+        # The last delivery's pending count as delivered (digits), or the head it is in when the
+        # fast path took it: made a number only when asked, a tenth of a message's parse.
+        self._pending: bytes | re.Match[bytes] | None = None
 
     async def open(self, start_seq: int, request_timeout: float | None = None) -> None:
         """Connect and start delivery at ``start_seq``; an open reader is closed first.
@@ -249,7 +250,14 @@ class StreamReader:
 
     @property
     def pending(self) -> int | None:
-        return None if self._pending is None else int(self._pending)
+        """What the consumer had left to send after the last delivery handed out."""
+        pending = self._pending
+        if isinstance(pending, re.Match):
+            # A fast-path head: the digits between the reply's last dot and the space before
+            # the header size (the next to last group of both patterns).
+            digits_end = pending.start(pending.re.groups - 1) - 1
+            return int(pending.string[pending.string.rindex(b".", 0, digits_end) + 1 : digits_end])
+        return None if pending is None else int(pending)
 
     @property
     def closed(self) -> bool:
@@ -596,7 +604,7 @@ class StreamReader:
         sequences: list[bytes] = []
         bodies: list[bytes] = []
         add_sequence, add_body = sequences.append, bodies.append
-        pending = None
+        last = None  # the last delivery taken
         end = pos  # where the last body taken ends
         skip = self._skip
         # One loop for each kind of reader: a test of ``skip`` for each message cost more than
@@ -605,7 +613,7 @@ class StreamReader:
             found = _DELIVERY.match(buf, pos)
             following = _NEXT_DELIVERY.match
             while found is not None:
-                both, pending_now, header_size, total = found.groups()
+                both, header_size, total = found.groups()
                 body = found.end()
                 after = body + (sizes.get(total) or int(total))
                 if after + 2 > size:
@@ -615,7 +623,7 @@ class StreamReader:
                 start = body + (sizes.get(header_size) or int(header_size))
                 if start > after:
                     return None  # headers larger than the message
-                pending = pending_now
+                last = found
                 add_sequence(both)
                 add_body(buf[start:after])
                 end = after
@@ -624,7 +632,7 @@ class StreamReader:
             found = _DELIVERY_WITH_SUBJECT.match(buf, pos)
             following = _NEXT_DELIVERY_WITH_SUBJECT.match
             while found is not None:
-                subject, both, pending_now, header_size, total = found.groups()
+                subject, both, header_size, total = found.groups()
                 body = found.end()
                 after = body + (sizes.get(total) or int(total))
                 if after + 2 > size:
@@ -632,12 +640,12 @@ class StreamReader:
                 start = body + (sizes.get(header_size) or int(header_size))
                 if start > after:
                     return None
-                pending = pending_now
+                last = found
                 add_sequence(both)
                 add_body(b"" if subject.endswith(skip) else buf[start:after])
                 end = after
                 found = following(buf, after)
-        if not bodies:
+        if last is None:
             return pos
         if buf[end : end + 2] != b"\r\n":  # the last body's end (the others' were matched)
             return None
@@ -651,7 +659,11 @@ class StreamReader:
         out += zip(numbers[0::2], bodies, strict=True)
         self._consumer_seq = first + len(bodies) - 1
         self.last_seq = out[-1][0]
-        self._pending = pending
+        # Only the last delivery's pending count tells what is left: its head is kept and the
+        # count cut from it when asked (``pending``), not taken as a group from each delivery
+        # (a bytes object made and freed a message). It holds this read's buffer until the next
+        # delivery: one read's worth, and the projector's reader never asks.
+        self._pending = last
         return end + 2
 
     def _sequence(self, reply: bytes) -> int:

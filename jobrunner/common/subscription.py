@@ -34,6 +34,7 @@ from nats.js import JetStreamContext, api
 from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
 from nats.nuid import NUID
 
+from jobrunner.common.flowcontrol import answer_flow_control_once_taken, answer_held_flow_control
 from jobrunner.common.stopping import unless_stopped, wait_within
 
 if TYPE_CHECKING:
@@ -72,7 +73,9 @@ class OrderedReader:
         self._drained = asyncio.Event()
         self._drained.set()
         self.sub: JetStreamContext.PushSubscription | None = None
+        self._jsi: Any = None  # nats-py's ordered-consumer state of ``sub``: its flow control
         self._created = False  # the server made its consumer (a refused create made nothing)
+        self._creating = False  # ``_open`` waits for its consumer's create (see ``lost_messages``)
         self._closed = False  # unsubscribed, its consumer's deletion on its way
         self._last: Msg | None = None  # the last message put in the batch
         self._reopening: asyncio.Future[None] | None = None  # ``reopen_if_gone_soon``'s task
@@ -102,6 +105,10 @@ class OrderedReader:
         self._bytes += len(msg.data)
         if self._bytes >= self._max_bytes:
             self._drained.clear()
+        # The only sender of a held answer (see ``answer_flow_control_once_taken``): before
+        # ``on_arrival``, so that nothing it raises can leave the server waiting.
+        if self._jsi._fcr is not None:  # an answer held: this message may be what it waits for
+            await answer_held_flow_control(self._jsi)
         if self.on_arrival is None or not self.on_arrival():
             self._arrived.set()
 
@@ -134,6 +141,26 @@ class OrderedReader:
             "ordered reader lost messages in nats-py: reading them again", why=why
         )
         self._dropped = self._must_reopen = True
+        if self._creating:
+            self._unsubscribe_while_creating()
+        else:
+            self._read_again()
+
+    def _unsubscribe_while_creating(self) -> None:
+        """A drop while ``_open`` waits for its consumer's create: the subscription goes at once
+        (nats-py would go on answering flow-control requests for windows dropped here, and, a
+        create outlasting an idle heartbeat, make another consumer on it); its consumer's
+        deletion and the reopen wait for the create's answer (``_open``). Left open: a reconnect
+        during the create, whose reply may then never come: the consumer the server made goes
+        on sending its window to nobody until the create's timeout (nats-py's 5 s), when
+        ``_open`` deletes it."""
+        assert self.sub is not None
+        track(asyncio.ensure_future(self._drop_old_subscription(self.sub, created=False)))
+
+    def _read_again(self) -> None:
+        """``lost_messages``' reopen, or the old subscription's drop until the next ``take``.
+        Never while a create is under way: a reopen beside it would take its subscription and
+        consumer for the new one's, and the consumer it makes would never be deleted."""
         if self._drained.is_set():
             self.reopen_if_gone_soon(_request_turns())
         elif self.sub is not None:
@@ -173,7 +200,8 @@ class OrderedReader:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
             return
-        self.sub, self._created = sub, False
+        self.sub, self._jsi, self._created = sub, sub._sub._jsi, False
+        self._creating = True
         try:
             await self._js.add_consumer(self._stream, config)
         except APIError:
@@ -182,6 +210,8 @@ class OrderedReader:
             # Timed out or cancelled: it may have been made after all.
             _delete_soon(self._js, self._stream, sub)
             raise
+        finally:
+            self._creating = False
         if self._closed:  # ``close`` found no consumer to delete
             _delete_soon(self._js, self._stream, sub)
             return
@@ -190,6 +220,8 @@ class OrderedReader:
         # subject, from the next sequence): without a name, as ``js.subscribe`` makes it, since
         # the first one may still be on the server then.
         config.name = None
+        if self._must_reopen:  # nats-py dropped messages while the create was under way
+            self._read_again()
 
     def reopen_if_gone_soon(self, turns: asyncio.Semaphore) -> bool:
         """In the background (one task at a time, holding one of ``turns`` for its requests):
@@ -338,27 +370,6 @@ class OrderedReader:
         info = await self.sub.consumer_info()
         delivered = info.delivered.consumer_seq if info.delivered else 0
         return (info.num_pending or 0) + (delivered or 0)
-
-
-def answer_flow_control_once_taken(sub: JetStreamContext.PushSubscription) -> None:
-    """Make nats-py answer the server's flow-control requests of ``sub`` (a subscription with a
-    callback) only once the callback has taken the messages sent before the request.
-
-    nats-py 2.16 counts a callback subscription's messages as delivered when they arrive
-    (``Subscription.delivered`` is its count of arrivals), so it answers every flow-control
-    request at once: the server never waits, and while the callback waits (a reader's batch
-    full: its viewers behind) the messages pile up in nats-py's queue until its byte limit,
-    past which nats-py drops them ("slow consumer"). Its ordered consumer has counted a dropped
-    message as received, so nothing resends it: a job's SSE viewers silently lost whole line
-    batches under a flood. Counted as nats-py counts it for a subscription without a callback
-    (the messages queued, less those still in the queue), the server waits instead, and the
-    messages wait in JetStream."""
-    jsi: Any = sub._sub._jsi  # nats-py's private state, checked by test_natspy_private_state
-    jsi.get_js_delivered = functools.partial(_taken_from_queue, jsi)
-
-
-def _taken_from_queue(jsi: Any) -> int:
-    return int(jsi._fciseq - jsi._sub._pending_queue.qsize())
 
 
 # Readers by their nats-py subscription, for nats-py's report of the messages it dropped

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import time
 from collections.abc import AsyncIterator
 
 import httpx
@@ -45,6 +46,10 @@ GRACE = artifactstore.replaced_grace(READ_IDLE)
 # job ends LEASE_LOST, as it must, and the test's next upload is refused 409 JOB_FINISHED. At
 # 20 s the lease survives 11.7 s. (The pauses below lose it or not: nothing here depends on it.)
 LEASE_TTL = 20.0
+# artifact_upload_window_seconds of the API whose upload is killed (80 s by default), and how
+# long before its end the attempt is looked at: still recorded, unconfirmed.
+SHORT_WINDOW = 4.0
+JUST = 0.5
 
 
 @pytest.fixture(scope="module")
@@ -324,18 +329,51 @@ async def _attempt_left(js: JetStreamContext, names: Names, nuid: str, object_na
     return await _has_chunks(js, names, nuid) or object_name in pending.values()
 
 
+@pytest.fixture
+async def short_window_api(cluster: FaultCluster) -> AsyncIterator[str]:
+    """Another API process whose uploads' records are due ``SHORT_WINDOW`` on; its name."""
+    cluster.add_service(
+        "api-short", "api", port=free_port(), artifact_upload_window_seconds=SHORT_WINDOW
+    )
+    try:
+        await cluster.start_service("api-short")
+        yield "api-short"
+    finally:
+        cluster.remove_service("api-short")
+
+
+async def _record_of(
+    js: JetStreamContext, names: Names, nuid: str
+) -> artifactpurges.PendingPurge | None:
+    """The pending-purge record of ``nuid``, or None."""
+    kv = await js.key_value(names.artifact_purges_bucket)
+    try:
+        entry = await kv.get(nuid)
+    except nats.js.errors.KeyNotFoundError:
+        return None
+    return msgspec.json.decode(entry.value or b"", type=artifactpurges.PendingPurge)
+
+
 async def test_an_upload_killed_mid_chunks_leaves_no_chunks(
-    cluster: FaultCluster, js: JetStreamContext
+    cluster: FaultCluster, js: JetStreamContext, short_window_api: str
 ) -> None:
     """The API SIGKILLed after the re-upload's attempt was recorded and some of its chunks
     stored, before its description: the name still serves the first content (whole, never
     purged), and the attempt's chunks go once the restarted API's sweep finds the name not
-    serving them (after the upload window). On main they stayed until the bucket's max age."""
+    serving them after the upload window (``artifact_upload_window_seconds``, 4 s here, 80 s by
+    default) from the record's last renewal: just before the window's end the attempt is still
+    recorded unconfirmed, its chunks kept; after it, and two graces, they are gone. On main
+    they stayed until the bucket's max age. The cluster's own API is stopped meanwhile, so the
+    restarted API's sweeps are the ones that purge. (About 25 s: the window, then the sweep's
+    confirmation due a grace on and its purge taken a grace past that, two graces of 10 s.)"""
     names = Names(cluster.settings.prefix)
     first, big = b"1" * MIB, bytes(range(256)) * (512 * 1024)  # 1 MiB, 128 MiB
-    api = cluster.services["api"]
+    api = cluster.services[short_window_api]
+    url = cluster.api_addresses[short_window_api].url
+    other_api = cluster.services["api"]
+    other_api.stop()
     try:
-        async with cluster.client() as client:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
             job = await _running_job(client)
             await _upload(client, job, first)
         object_name = names.artifact_object(job.id, NAME)
@@ -343,7 +381,7 @@ async def test_an_upload_killed_mid_chunks_leaves_no_chunks(
 
         async def upload_big() -> None:
             with contextlib.suppress(httpx.HTTPError):
-                async with cluster.client() as client:
+                async with httpx.AsyncClient(base_url=url, timeout=30) as client:
                     await client.put(
                         f"/api/external/jobs/{job.id}/artifacts/{NAME}",
                         content=big,
@@ -362,15 +400,28 @@ async def test_an_upload_killed_mid_chunks_leaves_no_chunks(
         api.kill()
         await upload
         assert await _nuid(js, names, job) == first_nuid, "the upload finished before the kill"
-        await cluster.start_service("api")
-        async with asyncio.timeout(artifactpurges.UPLOAD_WINDOW_SECONDS + GRACE * 6):
+        record = await _record_of(js, names, attempt)
+        assert record is not None
+        due = record.due
+        assert due - time.time() <= SHORT_WINDOW, "not due the short window after its record"
+        # Just shorter than the window: no API sweeps (both are down).
+        await asyncio.sleep(max(0.0, due - JUST - time.time()))
+        before_due = await _record_of(js, names, attempt)
+        assert before_due is not None
+        assert not before_due.confirmed
+        assert await _has_chunks(js, names, attempt)
+        await cluster.start_service(short_window_api)
+        # Longer: confirmed by its sweep past its due, purged a grace past that.
+        async with asyncio.timeout(due - time.time() + GRACE * 6):
             while await _attempt_left(js, names, attempt, object_name):  # noqa: ASYNC110
                 await asyncio.sleep(0.5)  # the sweep runs in the API: poll the bucket
-        async with cluster.client() as client:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
             served = await client.get(f"/api/jobs/{job.id}/artifacts/{NAME}")
             await job.report(client, report_id="end", result={})
     finally:
         if not api.alive:
+            await cluster.start_service(short_window_api)
+        if not other_api.alive:
             await cluster.start_service("api")
     assert served.content == first
 

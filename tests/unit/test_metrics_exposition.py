@@ -19,7 +19,7 @@ from jobrunner.common.metricsconfig import (
     parse_address,
     parse_peers,
 )
-from jobrunner.common.metricsexposition import all_families, merge, render, with_service
+from jobrunner.common.metricsexposition import PeerMetrics, merge, render, with_service
 from jobrunner.services.runner.lockmetrics import lock_label
 
 
@@ -153,7 +153,8 @@ PEER_TIMEOUT = 1.0
 
 async def _scrape_peer_answering_after(delay: float) -> dict[str, float]:
     async for url in _slow_peer(delay):
-        families = await all_families("api", {"runner": url}, PEER_TIMEOUT)
+        async with PeerMetrics(PEER_TIMEOUT) as peers:
+            families = await peers.all_families("api", {"runner": url})
         return {
             f"{s.name}{{{s.labels.get('service')}}}": s.value
             for family in families

@@ -4,14 +4,17 @@ restart. Plain objects, no server."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import inspect
+from typing import Any
 
 import nats
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext, api
 from nats.js.kv import KeyValue
 
-from jobrunner.common import subscription
+from jobrunner.common import flowcontrol, subscription
 
 
 def test_a_jetstream_context_holds_its_client_as_nc() -> None:
@@ -104,37 +107,91 @@ def test_process_msg_counts_an_ordered_message_before_queueing_it() -> None:
     assert source.index("jsi._sseq = sseq") < source.index("sub._pending_queue.put_nowait(msg)")
 
 
+def _ordered_state(cb: Any = None) -> tuple[nats.NATS, Subscription, Any]:
+    """A client, a subscription (with ``cb``) and its ordered-consumer state, as
+    ``subscribe_bind`` makes them; no server."""
+    nc = nats.NATS()
+    js = nc.jetstream()
+    sub = Subscription(nc, 1, "deliver", cb=cb)
+    push = JetStreamContext.PushSubscription(js, sub, "STREAM", "consumer-name")
+    sub._jsi = JetStreamContext._JSI(js, nc, "STREAM", True, push, sub, api.ConsumerConfig())
+    return nc, sub, sub._jsi
+
+
+async def _callback(msg: Any) -> None:
+    return None
+
+
 def test_flow_control_is_answered_by_what_get_js_delivered_counts() -> None:
     """A reader's flow-control answer waits until its callback took the messages sent before
-    the request (``subscription.answer_flow_control_once_taken``): nats-py must ask the
+    the request (``flowcontrol.answer_flow_control_once_taken``): nats-py must ask the
     instance's ``get_js_delivered`` (set on it, not on the class), count queued messages in
-    ``_fciseq``, and keep them in ``_sub._pending_queue``."""
+    ``_fciseq``, and keep them in ``_sub._pending_queue``; a request that comes with nothing
+    queued is answered as it arrives, else held."""
     source = inspect.getsource(nats.NATS._process_msg)
     assert "sub._jsi.get_js_delivered() >= sub._jsi._fciseq" in source
     assert "schedule_flow_control_response(msg.reply)" in source
-    nc = nats.NATS()
-    js = nc.jetstream()
-    sub = Subscription(nc, 1, "deliver", cb=lambda msg: None)  # type: ignore[arg-type,return-value]
-    push = JetStreamContext.PushSubscription(js, sub, "STREAM", "consumer-name")
-    sub._jsi = JetStreamContext._JSI(js, nc, "STREAM", True, push, sub, api.ConsumerConfig())
+    assert "await self.publish(fc_reply)" in source
+    _, sub, jsi = _ordered_state(_callback)
     for reply in ("a", "b", "c"):
-        sub._jsi.track_sequences(reply)
+        jsi.track_sequences(reply)
     sub._pending_queue.put_nowait("waiting")  # type: ignore[arg-type]
     sub._received = 3  # nats-py's own count: every arrival, taken or not
-    assert sub._jsi.get_js_delivered() == 3
-    subscription.answer_flow_control_once_taken(push)
-    assert sub._jsi.get_js_delivered() == 2
+    assert jsi.get_js_delivered() == 3
+    flowcontrol.answer_flow_control_once_taken(jsi._psub)
+    assert jsi.get_js_delivered() == 2
 
 
-def test_a_held_flow_control_answer_is_sent_by_nats_pys_poll_once_the_queue_is_taken() -> None:
-    """The answer held above goes out from nats-py's own task, polling every 0.25 s, once the
-    messages queued before the request left the queue; only for an ordered consumer."""
-    poll = inspect.getsource(JetStreamContext._JSI.check_flow_control_response)
-    assert "(self._fciseq - self._psub._pending_queue.qsize()) >= self._fcd" in poll
-    assert "await asyncio.sleep(0.25)" in poll
+def test_a_held_flow_control_answer_is_kept_as_its_reply_and_point() -> None:
+    """A request that came while messages sent before it were queued is held in ``_fcr`` (the
+    reply subject) and ``_fcd`` (how many had been queued), on the connection ``_conn``: what
+    a reader's callback reads to send it itself (``flowcontrol.answer_held_flow_control``), and
+    clears once sent."""
+    nc, _, jsi = _ordered_state()
+    assert (jsi._fcr, jsi._fcd) == (None, 0)
+    for reply in ("a", "b"):
+        jsi.track_sequences(reply)
+    jsi.schedule_flow_control_response("$JS.FC.STREAM.consumer.1")
+    assert (jsi._fcr, jsi._fcd) == ("$JS.FC.STREAM.consumer.1", 2)
+    assert jsi._conn is nc  # the connection it publishes the answer on
+
+
+def test_nats_pys_own_sender_of_held_answers_is_a_task_a_reader_can_stop() -> None:
+    """nats-py sends held answers from one task a subscription, ``_fctask``
+    (``check_flow_control_response``, every 0.25 s), made by ``subscribe_bind`` for an ordered
+    consumer only and never made again (not by ``reset_ordered_consumer``): a reader cancels
+    it (``answer_flow_control_once_taken``) and its callback is the only sender."""
     subscribe = inspect.getsource(JetStreamContext.subscribe_bind)
     assert "if ordered_consumer:" in subscribe
-    assert "check_flow_control_response()" in subscribe
+    assert "sub._jsi._fctask = asyncio.create_task(sub._jsi.check_flow_control_response())" in (
+        subscribe
+    )
+    assert "_fctask" not in inspect.getsource(JetStreamContext._JSI.reset_ordered_consumer)
+    poll = inspect.getsource(JetStreamContext._JSI.check_flow_control_response)
+    assert "await asyncio.sleep(0.25)" in poll
+    assert "except asyncio.CancelledError:" in poll
+    _, _, jsi = _ordered_state(_callback)
+    assert jsi._fctask is None
+
+
+async def test_a_reader_stops_nats_pys_sender_of_held_answers() -> None:
+    """``answer_flow_control_once_taken`` cancels the subscription's ``_fctask``."""
+    _, _, jsi = _ordered_state(_callback)
+    jsi._fctask = asyncio.create_task(jsi.check_flow_control_response())
+    flowcontrol.answer_flow_control_once_taken(jsi._psub)
+    with contextlib.suppress(asyncio.CancelledError):
+        await jsi._fctask
+    assert jsi._fctask.cancelled()
+
+
+def test_the_callback_is_handed_each_message_as_it_leaves_the_queue() -> None:
+    """The taken count (queued less still queued) moves only as nats-py's delivery task takes a
+    message from the queue, and that task hands it to the callback next: the callback sees
+    every message that moves the count, so it is where a held answer goes out."""
+    source = inspect.getsource(Subscription._wait_for_msgs)
+    get = source.index("msg = await self._pending_queue.get()")
+    assert get < source.index("await self._cb(msg)")
+    assert source.count("_pending_queue.get") == 1
 
 
 def test_a_dropped_message_is_reported_with_its_subscription() -> None:

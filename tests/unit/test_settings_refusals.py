@@ -312,3 +312,20 @@ def test_any_config_file_value_for_a_numeric_setting_is_refused_by_key_or_in_ran
     else:
         assert math.isfinite(taken)
         assert BOUNDS[name].holds(taken)
+
+
+@pytest.mark.parametrize("written", ["0", "-5", "0.5", "3601", "nan"])
+def test_an_upload_window_that_cannot_work_is_refused_naming_the_variable(written: str) -> None:
+    """The artifact upload window: none, negative, under a second (shorter than a loaded
+    machine's pause between two chunks), or longer than the fence's hour."""
+    assert refusal(JOBRUNNER_ARTIFACT_UPLOAD_WINDOW_SECONDS=written) == (
+        f"JOBRUNNER_ARTIFACT_UPLOAD_WINDOW_SECONDS={written!r} is out of range: "
+        "artifact_upload_window_seconds takes a number of seconds from 1 to 3600, such as 80"
+    )
+
+
+def test_an_upload_window_is_taken_from_the_environment() -> None:
+    """A short window (as the fault suite sets it) is the one the settings hold."""
+    with pytest.MonkeyPatch.context() as environment:
+        environment.setenv("JOBRUNNER_ARTIFACT_UPLOAD_WINDOW_SECONDS", "4")
+        assert load_settings().artifact_upload_window_seconds == 4.0

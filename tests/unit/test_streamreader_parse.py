@@ -169,6 +169,58 @@ def test_a_delivery_out_of_order_leaves_the_pending_count_of_the_last_one_handed
     assert reader.pending == 40
 
 
+HEARTBEAT = b"NATS/1.0 100 Idle Heartbeat\r\n\r\n"
+LEADER_CHANGED = b"NATS/1.0 409 Leadership Change\r\n\r\n"
+pending_frames = st.lists(
+    st.one_of(
+        st.tuples(
+            st.just("message"),
+            st.integers(min_value=0, max_value=10**20 - 1),  # its pending count
+            st.sampled_from(["v1", "v1", "v2", "msg"]),
+            st.sampled_from(["s.job.j.lines", "s.job.j.status"]),
+        ),
+        st.sampled_from([("flow control",), ("heartbeat",), ("status",), ("ping",)]),
+    ),
+    max_size=25,
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    frames=pending_frames,
+    cuts=st.lists(st.integers(min_value=0, max_value=3000), max_size=8),
+    skip=st.sampled_from([None, b".lines"]),
+)
+def test_the_pending_count_is_the_last_handed_out_messages_wherever_the_reads_are_cut(
+    frames: list[tuple[Any, ...]], cuts: list[int], skip: bytes | None
+) -> None:
+    """After every read the reader reports what the consumer had left after the last message
+    it handed out, whatever mix of messages, heartbeats, flow control and status frames came
+    and wherever the reads were cut: the catch-up of a job's updates stops on it."""
+    data = b""
+    pendings = []  # each message's pending count, in order
+    for frame in frames:
+        if frame[0] == "message":
+            pendings.append(frame[1])
+            n = len(pendings)
+            data += delivery(n * 3, n, frame[1], b'{"x":1}', frame[3], frame[2])
+        elif frame[0] == "flow control":
+            data += FLOW_CONTROL
+        elif frame[0] == "ping":
+            data += b"PING\r\n"
+        else:
+            headers = HEARTBEAT if frame[0] == "heartbeat" else LEADER_CHANGED
+            data += b"HMSG _INBOX.x 1 %d %d\r\n%s\r\n" % (len(headers), len(headers), headers)
+    reader = parser(skip)
+    handed_out = start = 0
+    for cut in [*sorted(c for c in cuts if c < len(data)), len(data)]:
+        handed_out += len(reader._parse(data[start:cut]))
+        start = max(start, cut)
+        assert reader._error is None
+        assert reader.pending == (pendings[handed_out - 1] if handed_out else None)
+    assert handed_out == len(pendings)
+
+
 class Hung(BaseException):  # not an Exception: no handler in the parse or its test takes it
     pass
 
@@ -468,7 +520,7 @@ def read_through(reader: StreamReader, reads: list[bytes]) -> list[object]:
             seen.append((type(reader._error).__name__, str(reader._error)))
             break
         seen.append(
-            (reader.last_seq, reader._pending, reader._consumer_seq, b"".join(reader._pieces))
+            (reader.last_seq, reader.pending, reader._consumer_seq, b"".join(reader._pieces))
         )
     assert reader._writer is not None
     seen.append(reader._writer.sent)  # type: ignore[attr-defined]

@@ -105,7 +105,11 @@ async def store_upload(
     # serves them once the upload is over: recorded in JetStream before any chunk, so that
     # neither is left for ever should this process die (artifactpurges).
     records = artifactpurges.UploadRecords(
-        ctx.js, ctx.names, object_name, previous.nuid if previous is not None else None
+        ctx.js,
+        ctx.names,
+        object_name,
+        previous.nuid if previous is not None else None,
+        ctx.settings.artifact_upload_window_seconds,
     )
     try:
         stored = await artifactstore.put_file(

@@ -29,6 +29,7 @@ from jobrunner.common import (
     timedconnection,
 )
 from jobrunner.common.jobtypes import JobType, load_job_types
+from jobrunner.common.metricsexposition import PeerMetrics
 from jobrunner.common.processname import process_name
 from jobrunner.common.settings import Settings
 from jobrunner.common.slots import SlotTable
@@ -106,6 +107,7 @@ class ApiContext:
     fanout: Fanout
     idempotency: IdempotencyKeys
     readmodels: ReadModelGate
+    peer_metrics: PeerMetrics
     # What /health logged of its answers (at most a line per ``health_log_seconds``).
     health_log: HealthLog
     # This instance's name, told by /health (``api_instance_id``, or one made at the start).
@@ -223,6 +225,7 @@ def lifespan(settings: Settings) -> Callable[[Litestar], AbstractAsyncContextMan
             ),
             idempotency=IdempotencyKeys(js, names),
             readmodels=readmodels,
+            peer_metrics=PeerMetrics(settings.metrics_peer_timeout_seconds),
             health_log=HealthLog(settings.health_log_seconds),
             instance=process_name(settings.api_instance_id),
         )
@@ -278,6 +281,7 @@ def lifespan(settings: Settings) -> Callable[[Litestar], AbstractAsyncContextMan
                 )
             finally:
                 # Also when a step raised: the pools' close is bounded, and not left unawaited.
-                await pools
+                # The peers' connections close at once (no TLS goodbye is waited for).
+                await asyncio.gather(pools, app.state.ctx.peer_metrics.close())
 
     return _lifespan

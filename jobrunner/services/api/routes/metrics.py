@@ -15,7 +15,7 @@ from litestar.response import Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from jobrunner.common.metricsconfig import parse_peers
-from jobrunner.common.metricsexposition import all_families, render
+from jobrunner.common.metricsexposition import render
 from jobrunner.services.api.dependencies import ctx_of
 from jobrunner.services.api.errors import ApiError
 from jobrunner.services.api.reads import get
@@ -37,8 +37,6 @@ async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
             "FORBIDDEN",
             f"Metrics count every user's jobs; the token {principal.name!r} sees only its own.",
         )
-    settings = ctx_of(request).settings
-    families = await all_families(
-        "api", parse_peers(settings.metrics_peers), settings.metrics_peer_timeout_seconds
-    )
+    ctx = ctx_of(request)
+    families = await ctx.peer_metrics.all_families("api", parse_peers(ctx.settings.metrics_peers))
     return Response(render(families), media_type=CONTENT_TYPE_LATEST)

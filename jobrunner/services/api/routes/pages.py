@@ -18,6 +18,7 @@ from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 from litestar.types import ControllerRouterHandler
 
+from jobrunner.common import bidicontrols
 from jobrunner.common.jobtypes import JobType
 from jobrunner.contracts.events import JobStatus
 from jobrunner.services.api import i18n, links, readmodels, schemas, security
@@ -54,6 +55,7 @@ def template_config() -> TemplateConfig:  # type: ignore[type-arg]
 
     def add_filters(engine: JinjaTemplateEngine) -> None:
         engine.engine.filters["readable_json"] = readable_json
+        engine.engine.filters["isolated"] = bidicontrols.isolated
 
     return TemplateConfig(
         directory=TEMPLATES, engine=JinjaTemplateEngine, engine_callback=add_filters

@@ -1,6 +1,6 @@
 // The job page's artifacts: listed by the server; refreshed here once a live job ends (the
 // runner stores them just before the job's end).
-import { t, formatNumber } from "./text.js";
+import { t, isolated, formatNumber } from "./text.js";
 
 const UNITS = ["B", "KiB", "MiB", "GiB", "TiB"];
 
@@ -47,7 +47,7 @@ export async function refreshArtifacts(section) {
     link.download = "";
     link.textContent = item.name;
     link.dir = "auto"; // a tool's name, isolated: it cannot reorder the text around it
-    link.setAttribute("aria-label", t("artifacts.download", { name: item.name }));
+    link.setAttribute("aria-label", t("artifacts.download", { name: isolated(item.name) }));
     name.append(link);
     const size = document.createElement("td");
     size.className = "text-right tabular-nums";

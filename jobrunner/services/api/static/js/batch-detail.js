@@ -60,7 +60,7 @@ function fillJobRow(row, job) {
   row.querySelector("[data-duration]").textContent = job.duration_seconds != null ? formatDuration(job.duration_seconds) : "–";
   const link = row.querySelector("[data-link]");
   link.href = `/jobs/${encodeURIComponent(job.id)}`;
-  link.setAttribute("aria-label", `${t("job.logs")}: ${titles[job.job_type] ?? job.job_type} ${job.batch_index != null ? job.batch_index + 1 : ""}`.trim());
+  link.setAttribute("aria-label", `${t("job.logs")}: ${isolated(titles[job.job_type] ?? job.job_type)} ${job.batch_index != null ? job.batch_index + 1 : ""}`.trim());
 }
 
 async function fetchBatch(params) {

@@ -1,5 +1,5 @@
 // The job detail (PRD-005 2.3): facts, the whole log (virtual, searchable), live while it runs.
-import { t, announce, formatIn, tickClocks, formatNumber, formatDateTime, formatDuration } from "./text.js";
+import { t, announce, isolated, formatIn, tickClocks, formatNumber, formatDateTime, formatDuration } from "./text.js";
 import { followJob } from "./jobstream.js";
 import { refreshArtifacts } from "./artifacts.js";
 import { LogView } from "./logview.js";
@@ -126,8 +126,8 @@ export function initDetailPage() {
       }
     },
     done: (done) => {
-      const title = document.querySelector("h1")?.firstChild?.textContent.trim() ?? "";
-      announce(t("live.finished", { title, status: t(`status.${done.status}`) }));
+      const title = document.querySelector("h1 bdi")?.textContent ?? "";
+      announce(t("live.finished", { title: isolated(title), status: t(`status.${done.status}`) }));
       refreshArtifacts(document.getElementById("artifacts"));
       toggle?.closest("label")?.remove();
       view.followToggle = null;

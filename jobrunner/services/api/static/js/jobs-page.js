@@ -1,5 +1,5 @@
 // /jobs (PRD-005 2.1): live cards for running jobs, the recent jobs table, live without reloads.
-import { t, announce, formatIn, tickClocks } from "./text.js";
+import { t, announce, isolated, formatIn, tickClocks } from "./text.js";
 import { followJob } from "./jobstream.js";
 import { Terminal } from "./terminal.js";
 import { replaceBadges, setProgress, setUpCancel, markCancelRequested, TERMINAL } from "./widgets.js";
@@ -79,7 +79,7 @@ function follow(cardEl) {
   const view = document.querySelector(`#term-${CSS.escape(jobId)} [data-terminal]`);
   const toggle = document.querySelector(`#term-${CSS.escape(jobId)} [data-autoscroll]`);
   const terminal = new Terminal(view, toggle);
-  const title = cardEl.querySelector("h3")?.firstChild?.textContent.trim() ?? jobId;
+  const title = cardEl.querySelector("h3 bdi")?.textContent ?? jobId;
   const stream = followJob(jobId, {
     line: (line) => terminal.push(line),
     reset: () => terminal.clear(), // the new stream sends the job's lines from its first
@@ -98,7 +98,7 @@ function follow(cardEl) {
     done: (done) => {
       streamStatus.set(jobId, done.status);
       terminal.flush();
-      announce(t("live.finished", { title, status: t(`status.${done.status}`) }));
+      announce(t("live.finished", { title: isolated(title), status: t(`status.${done.status}`) }));
       followed.delete(jobId);
       ended.add(jobId);
       endedUnseen.set(jobId, 0);
@@ -184,7 +184,7 @@ export function initJobsPage() {
     const shown = shownStatus(update.jobId);
     if (shown === update.status) return;
     if (shown === null && !TERMINAL.has(update.status)) {
-      announce(t("live.started", { title: titles[update.jobType] ?? update.jobType ?? "" }));
+      announce(t("live.started", { title: isolated(titles[update.jobType] ?? update.jobType ?? "") }));
     }
     refreshSoon();
   });

@@ -1,7 +1,7 @@
 // "Neuer Batch": jobs composed with the New job dialog's fields or imported from a file of
 // parameter rows; every row is checked here first, and a file with a bad row sends nothing.
 // POST /api/batches then starts all of them or none; its INVALID_BATCH errors go to their rows.
-import { t, announce, fillIsolated, formatNumber, writeHeaders } from "./text.js";
+import { t, announce, isolated, fillIsolated, formatNumber, writeHeaders } from "./text.js";
 import { collectParameters } from "./jobform.js";
 import { checkParameters, rowsOfFile, FileProblem, MAX_FILE_BYTES } from "./paramrows.js";
 
@@ -140,7 +140,7 @@ export function setUpNewBatch({ onStarted }) {
     }
     entries.push({ jobType, parameters, errors: [], source: null });
     render();
-    announce(t("newbatch.added", { title: titles[jobType] ?? jobType }));
+    announce(t("newbatch.added", { title: isolated(titles[jobType] ?? jobType) }));
   }
 
   async function importFile(file) {
@@ -245,7 +245,7 @@ export function setUpNewBatch({ onStarted }) {
     const answer = await response.json().catch(() => ({}));
     if (response.status === 201) {
       dialog.close();
-      announce(`${t("newbatch.started")}: ${batchName}`);
+      announce(`${t("newbatch.started")}: ${isolated(batchName)}`);
       entries = [];
       nameInput.value = "";
       importStatus.textContent = "";

@@ -1,5 +1,5 @@
 // The New job dialog (PRD-005 2.2): radio card per type, the generated form, the API's answers.
-import { t, announce, formatTime, writeHeaders } from "./text.js";
+import { t, announce, isolated, formatTime, writeHeaders } from "./text.js";
 import { collectParameters } from "./jobform.js";
 
 const titles = JSON.parse(document.getElementById("job-titles")?.textContent || "{}");
@@ -114,7 +114,7 @@ export function setUpNewJob({ onStarted }) {
     if (!response) { showAlert(t("new.failed"), t("conn.lost")); return; }
     const body = await response.json().catch(() => ({}));
     if (response.status === 201) {
-      announce(`${t("new.started")}: ${titles[jobType] ?? jobType}`);
+      announce(`${t("new.started")}: ${isolated(titles[jobType] ?? jobType)}`);
       onStarted?.(body);
       // An external job's worker needs its token, which the API shows this once: keep the
       // dialog open with it instead of closing.

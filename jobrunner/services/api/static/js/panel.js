@@ -1,5 +1,5 @@
 // The side panel (seed 001): jobs newest first, compact rows patched live from job_update.
-import { t, formatRelative, formatDateTime } from "./text.js";
+import { t, isolated, formatRelative, formatDateTime } from "./text.js";
 import { statusIcon, TERMINAL } from "./widgets.js";
 
 const PAGE = 20;
@@ -56,7 +56,8 @@ export function setUpPanel() {
     bar.hidden = !(percent != null || status === "running");
     const statusText = `${t("status.label")}: ${t(`status.${status}`)}${percent != null ? `, ${Math.round(percent)} %` : ""}`;
     bar.setAttribute("aria-label", statusText);
-    const message = job.message || job.phase || t(`status.${status}`);
+    const told = job.message || job.phase; // the tool's words, isolated in the label
+    const message = told || t(`status.${status}`);
     row.querySelector("[data-message]").textContent = message;
     const time = row.querySelector("[data-relative]");
     if (job.updatedAt) {
@@ -65,7 +66,7 @@ export function setUpPanel() {
       time.textContent = formatRelative(d);
       time.title = formatDateTime(d);
     }
-    link.setAttribute("aria-label", `${title} – ${statusText} – ${message}`);
+    link.setAttribute("aria-label", `${isolated(title)} – ${statusText} – ${told ? isolated(told) : message}`);
     return row;
   }
 
