@@ -13,6 +13,7 @@ from typing import Any
 
 import nats
 import pytest
+from nats.js import api
 from nats.js.kv import KeyValue
 
 from jobrunner.common import keywatch
@@ -285,3 +286,45 @@ async def test_a_listing_whose_consumer_was_made_again_midway_lists_each_keys_la
     finally:
         await js.delete_key_value(name)
         await nc.close()
+
+
+async def test_a_listing_read_as_it_comes_never_leaves_the_server_waiting_for_its_answer(
+    bucket: KeyValue, nats_server_url: str
+) -> None:
+    """A listing of many flow-control windows (20 MB of records), read as it comes, is answered
+    by the watch as it takes each message: the server never stops to wait for an answer (its
+    stalled heartbeat, ``Nats-Consumer-Stalled``, the 5 s it would otherwise sit idle each
+    time: nats-py's own sender of held answers is stopped by
+    ``flowcontrol.answer_flow_control_once_taken``)."""
+    js = bucket._js
+    prefix = bucket._pre
+    count = 20_000
+    value = b"x" * 1000
+    for first in range(0, count, 2_000):
+        await asyncio.gather(
+            *(js.publish(f"{prefix}token.k{n:06d}", value) for n in range(first, first + 2_000))
+        )
+    requests: list[str] = []
+    stalls: list[str] = []
+
+    async def note(msg: Any) -> None:
+        headers = msg.headers or {}
+        if headers.get("Status") == "100" and "FlowControl" in headers.get("Description", ""):
+            requests.append(msg.reply)
+        if api.Header.CONSUMER_STALLED in headers:
+            stalls.append(headers[api.Header.CONSUMER_STALLED])
+
+    spy = await nats.connect(nats_server_url)  # sees what the server sends the watch
+    keys = 0
+    try:
+        async with asyncio.timeout(120), keywatch.watching(bucket, ("token.>",)) as watcher:
+            await spy.subscribe(watcher._sub._sub._jsi._ccreq.deliver_subject, cb=note)
+            while await watcher.updates(timeout=30) is not None:  # type: ignore[no-untyped-call]
+                keys += 1
+                if keys % 50 == 0:
+                    await asyncio.sleep(0.001)  # a reader that yields, as the API's does
+    finally:
+        await spy.close()
+    assert requests, "no flow-control request came: the test tested nothing"
+    assert stalls == [], "the server waited for an answer the watch held back"
+    assert keys == count + len(STABLE)

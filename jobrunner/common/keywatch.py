@@ -15,8 +15,9 @@ Unlike nats-py's, a watch whose messages nats-py dropped says so: its iteration 
 ``WatchLostMessages`` (a ``nats.errors.Error``: the API answers EVENT_STORE_UNAVAILABLE), and its
 user watches again from a new current state (``current_entries`` for a listing; the lock board and
 the token watch start a new watch). nats-py answers a watch's flow control only once the watch has
-taken what came before (``subscription.answer_flow_control_once_taken``), so only a watch whose
-reader is behind by more than the server's flow-control window can meet a drop.
+taken what came before (``flowcontrol.answer_flow_control_once_taken``; the watch's callback sends
+a held answer as it takes each message), so only a watch whose reader is behind by more than the
+server's flow-control window can meet a drop.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 from nats.js.kv import KV_DEL, KV_MARKER_REASON, KV_OP, KV_PURGE, KeyValue
 
-from jobrunner.common import eventstore, subscription
+from jobrunner.common import eventstore, flowcontrol, subscription
 from jobrunner.common.subscription import position
 
 # How long the server keeps a watch's consumer once nobody listens: nats-py's watch default.
@@ -193,12 +194,23 @@ async def watch_keys(kv: KeyValue, keys: Sequence[str]) -> Watch:
                 watcher._init_done = True
                 await watcher._updates.put(None)
 
+    jsi: Any = None  # set once the subscription exists, before any message is taken
+
     async def on_message(msg: Msg) -> None:
         # As nats-py's watch: no entry before the watch is set up below. Without nats-py's
         # timeout here: ``set_up`` is always settled, set once the subscription is kept or
         # cancelled when the watch is not made (its subscription dropped with it).
         if not set_up.done():
             await set_up
+        try:
+            await take(msg)
+        finally:
+            # The only sender of a held flow-control answer (nats-py's own is stopped by
+            # ``answer_flow_control_once_taken``): after the message is taken, on every path.
+            if jsi is not None and jsi._fcr is not None:
+                await flowcontrol.answer_held_flow_control(jsi)
+
+    async def take(msg: Msg) -> None:
         # The stream sequence and the count pending from the reply subject: ``msg.metadata``
         # builds five objects and a datetime a message for the same.
         revision, pending = position(msg)
@@ -271,8 +283,9 @@ async def watch_keys(kv: KeyValue, keys: Sequence[str]) -> Watch:
     # ``reset_ordered_consumer``): under a new name each time, the server's.
     config.name = None
     watcher._sub = psub
+    jsi = psub._sub._jsi  # nats-py's flow-control state (test_natspy_private_state)
     # As soon as it exists: nats-py may drop messages from the first flow-control window on.
-    subscription.answer_flow_control_once_taken(psub)
+    flowcontrol.answer_flow_control_once_taken(psub)
     subscription.on_messages_lost(psub, watcher.messages_lost)
     try:
         await asyncio.sleep(0)  # (in the try: a cancel here must not leave the subscription)
