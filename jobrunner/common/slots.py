@@ -594,14 +594,13 @@ class SlotTable:
         """Every running job's record, read from the server (not from a watcher's memory)."""
         kv = await self.kv()
         records: list[RunRecord] = []
-        # Its consumer and subscription go however the read ends: nats-py's watch left both
-        # when cancelled while it was made, and its ``stop`` waited for the UNSUB unbounded.
-        async with keywatch.watching(kv, ("run.>",)) as watcher:
-            while (entry := await watcher.updates(timeout=5.0)) is not None:  # type: ignore[no-untyped-call]
-                if entry.value and entry.operation is None:
-                    record = self._record(entry.key, entry.value)
-                    if record is not None:
-                        records.append(record)
+        # Its watch's consumer and subscription go however the read ends: nats-py's watch left
+        # both when cancelled while it was made, and its ``stop`` waited for the UNSUB unbounded.
+        for entry in await keywatch.current_entries(kv, ("run.>",), 5.0):
+            if entry.value and entry.operation is None:
+                record = self._record(entry.key, entry.value)
+                if record is not None:
+                    records.append(record)
         return records
 
     # --- the queue of a lock (busy policy "queue")

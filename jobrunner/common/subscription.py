@@ -378,13 +378,31 @@ _readers: weakref.WeakKeyDictionary[Any, weakref.ref[OrderedReader]] = weakref.W
 
 
 def lost_messages(exc: Exception) -> None:
-    """Tell a reader that nats-py dropped messages of its subscription: ``exc`` is an error
-    nats-py hands the connection's error callback (``eventstore.connect`` passes each)."""
+    """Tell a reader (or a bucket watch, ``on_messages_lost``) that nats-py dropped messages of
+    its subscription: ``exc`` is an error nats-py hands the connection's error callback
+    (``eventstore.connect`` passes each)."""
     if isinstance(exc, SlowConsumerError):
         ref = _readers.get(exc.sub)
         reader = ref() if ref is not None else None
         if reader is not None:
             reader.lost_messages(f"nats-py dropped stream message {exc.reply}")
+        watch_ref = _watches_told.get(exc.sub)
+        tell = watch_ref() if watch_ref is not None else None
+        if tell is not None:
+            tell()
+
+
+# What to call when nats-py drops a message of a bucket watch's subscription (``keywatch``), by
+# its nats-py subscription; weak both ways, as ``_readers``.
+_watches_told: weakref.WeakKeyDictionary[Any, weakref.WeakMethod[Callable[[], None]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def on_messages_lost(psub: JetStreamContext.PushSubscription, tell: Callable[[], None]) -> None:
+    """Have ``lost_messages`` call ``tell`` (a bound method: held weakly) when nats-py drops a
+    message of ``psub``."""
+    _watches_told[psub._sub] = weakref.WeakMethod(tell)
 
 
 def _reply_fields(msg: Msg) -> list[str]:

@@ -172,6 +172,10 @@ class LockBoard:
                         await keywatch.end_watch(watcher, self._end_within)
             except asyncio.CancelledError:
                 raise
+            except keywatch.WatchLostMessages:
+                # A gap in what the board knows: watched again at once, from the bucket's new
+                # current state (``keywatch`` logged it).
+                continue
             except Exception as exc:
                 log.warning("lock watch failed, restarting", error=repr(exc))
                 await asyncio.sleep(1.0)
