@@ -18,7 +18,7 @@ from jobrunner.common import cpupriority
 from jobrunner.embedded.scratch import scratch_dir
 from jobrunner.embedded.serverprocess import free_port
 from tests.freeze import freeze, thaw
-from tests.tools.up_process import TOKEN_RE, URL_RE, Up, services_of
+from tests.tools.up_process import TOKEN_RE, URL_RE, Up, run_a_job, services_of
 
 
 def processes_using(path: Path) -> list[str]:
@@ -57,19 +57,6 @@ def state_dir() -> Iterator[Path]:
     # must be able to reach its data directory.
     with scratch_dir("jobrunner-test-up-") as path:
         yield path
-
-
-def run_a_job(base_url: str, token: str | None) -> str:
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    with httpx.Client(base_url=base_url, headers=headers, timeout=30) as client:
-        created = client.post("/api/jobs", json={"job_type": "blacklist_sync"})
-        assert created.status_code == 201, created.text
-        job_id = str(created.json()["id"])
-        with client.stream("GET", f"/jobs/stream/{job_id}") as stream:
-            body = "".join(stream.iter_text())
-    assert "event: done" in body
-    assert '"status":"completed"' in body
-    return job_id
 
 
 PEERS = ("runner", "projector", "notifier")

@@ -12,6 +12,8 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
+
 URL_RE = re.compile(r"jobrunner is running at (http://\S+)/jobs")
 TOKEN_RE = re.compile(r"^\s{4}(\S{20,})\s*$", re.MULTILINE)
 
@@ -90,3 +92,18 @@ def restarted(up_pid: int, name: str, old_pid: str, within: float = 120) -> str 
             return pid
         time.sleep(0.1)
     return None
+
+
+def run_a_job(base_url: str, token: str | None) -> str:
+    """Run the default types' internal job to its end through the API at ``base_url``, following
+    its stream; its id."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    with httpx.Client(base_url=base_url, headers=headers, timeout=30) as client:
+        created = client.post("/api/jobs", json={"job_type": "blacklist_sync"})
+        assert created.status_code == 201, created.text
+        job_id = str(created.json()["id"])
+        with client.stream("GET", f"/jobs/stream/{job_id}") as stream:
+            body = "".join(stream.iter_text())
+    assert "event: done" in body
+    assert '"status":"completed"' in body
+    return job_id
