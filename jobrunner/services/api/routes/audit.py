@@ -17,6 +17,9 @@ from jobrunner.services.api.reads import get
 from jobrunner.services.api.security import principal_of
 
 MAX_EVENTS_PAGE = 1000
+# The largest stream sequence a client may name: JetStream's are 64-bit, and one beyond 2**64
+# could not even be asked for (before session 41 the request failed, answered 503).
+MAX_STREAM_SEQ = 2**63 - 1
 
 
 class EventPage(msgspec.Struct):
@@ -39,7 +42,7 @@ async def job_events(
     no longer hold, as long as the stream still has their events."""
     ctx = ctx_of(request)
     query = Query(request.query_params, ("after", "limit"))
-    after_seq = query.integer("after", 0, 0) or 0
+    after_seq = query.integer("after", 0, 0, MAX_STREAM_SEQ) or 0
     page_size = query.integer("limit", 100, 1, MAX_EVENTS_PAGE) or 100
     if not audit.JOB_ID_RE.match(job_id):
         raise job_not_found(job_id)
