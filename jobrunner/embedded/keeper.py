@@ -71,5 +71,5 @@ async def _start_again(server: ServerProcess, stop: asyncio.Event) -> None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), delay)
             continue
-        log.warning(f"{server.name} is running again", server=server.name, port=server.port)
+        log.info(f"{server.name} is running again", server=server.name, port=server.port)
         return
