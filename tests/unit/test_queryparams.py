@@ -91,6 +91,22 @@ def test_integer_out_of_range_or_not_a_number_is_refused(raw: str, words: str) -
     assert words in error.message
 
 
+@pytest.mark.parametrize("raw", ["+5", "1_0", "٣", " 5", "5 ", "-0", "0x1f", "5.0"])
+def test_integer_in_other_digits_or_signs_is_refused(raw: str) -> None:
+    """A number Python would read but the API does not write (a sign, an underscore, another
+    script's digits, spaces) is refused as not an integer, not read as some other value."""
+    error = refused(lambda: query(("limit", raw)).integer("limit", 50, 1, 500))
+    assert "digits 0-9" in error.message
+
+
+@pytest.mark.parametrize("digits", [21, 32, 5000])
+def test_integer_of_many_digits_is_out_of_range(digits: int) -> None:
+    """However many digits a value has, it is refused as out of range (5,000 digits used to
+    meet Python's own limit on int())."""
+    error = refused(lambda: query(("limit", "9" * digits)).integer("limit", None, 0, 2**63 - 1))
+    assert "between 0 and 9223372036854775807" in error.message
+
+
 def test_integer_without_maximum_says_at_least() -> None:
     """A parameter with only a lower bound says 'at least'."""
     assert "at least 1" in refused(lambda: query(("limit", "0")).integer("limit", 5, 1)).message

@@ -20,6 +20,9 @@ from jobrunner.services.api.errors import ApiError
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,200}\Z")  # \Z: "$" lets a final "\n" through
 _SPACED_OFFSET = re.compile(r"(\d\d:\d\d(?::\d\d(?:\.\d+)?)?) (\d\d:?\d\d)$")
 MAX_SEARCH_LENGTH = 200
+_DIGITS = re.compile(r"[0-9]+")
+# More digits than any bound a parameter has: such a value is out of range, not parsed.
+_MOST_DIGITS = 20
 # ``archived``: ``false`` (the default: archived rows left out), ``true`` (only them), ``all``.
 ARCHIVED_CHOICES = ("false", "true", "all")
 
@@ -140,11 +143,13 @@ class Query:
         raw = self._one(field)
         if raw is None:
             return default
-        try:
-            value = int(raw)
-        except ValueError:
-            raise invalid(field, f"{field!r} must be an integer, not {raw!r}.") from None
-        if value < minimum or (maximum is not None and value > maximum):
+        # ASCII digits only: int() also takes "1_000", "+5", " 5" and other scripts' digits,
+        # and raises its own error past 4300 digits.
+        if not _DIGITS.fullmatch(raw):
+            shown = raw if len(raw) <= 40 else raw[:40] + "…"
+            raise invalid(field, f"{field!r} must be an integer in the digits 0-9, not {shown!r}.")
+        value = int(raw) if len(raw.lstrip("0")) <= _MOST_DIGITS else None
+        if value is None or value < minimum or (maximum is not None and value > maximum):
             upper = f" and {maximum}" if maximum is not None else ""
             word = "between" if maximum is not None else "at least"
             raise invalid(field, f"{field!r} must be {word} {minimum}{upper}.")

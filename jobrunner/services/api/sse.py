@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import re
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -66,6 +67,17 @@ def encode_data(data: Any) -> bytes:
     return escape_breaks(_encoder.encode(data))
 
 
+# The largest stream sequence a client may name (``after``, ``Last-Event-ID``): JetStream's are
+# 64-bit, and one beyond 2**64 could not even be asked for (before session 41 an event page's
+# request failed, answered 503).
+MAX_STREAM_SEQ = 2**63 - 1
+
+# An id as the server sends it: ASCII digits only (Python's int() also takes "1_000", "+5" and
+# other scripts' digits, and refuses more than 4300 digits with a ValueError of its own), with
+# at most as many digits as MAX_STREAM_SEQ has.
+_RESUME_ID = re.compile(r"([0-9]{1,19})(?::([0-9]{1,19}))?")
+
+
 @dataclass(frozen=True)
 class ResumePoint:
     stream_seq: int
@@ -73,15 +85,17 @@ class ResumePoint:
 
     @classmethod
     def parse(cls, raw: str | None) -> ResumePoint | None:
-        """``None`` for a missing or malformed header: the stream then starts from the beginning."""
+        """``None`` for a missing header and for any value that is not an id the server sends
+        (``<seq>`` or ``<seq>:<index>``, ASCII digits, each at most ``MAX_STREAM_SEQ``): the
+        stream then starts from the beginning, as without one."""
         if not raw:
             return None
-        seq, _, index = raw.strip().partition(":")
-        try:
-            point = cls(int(seq), int(index) if index else None)
-        except ValueError:
+        found = _RESUME_ID.fullmatch(raw.strip(" \t"))  # HTTP's optional white space only
+        if found is None:
             return None
-        if point.stream_seq < 0 or (point.line_index is not None and point.line_index < 0):
+        seq, index = found.groups()
+        point = cls(int(seq), int(index) if index is not None else None)
+        if point.stream_seq > MAX_STREAM_SEQ or (point.line_index or 0) > MAX_STREAM_SEQ:
             return None
         return point
 

@@ -15,11 +15,9 @@ from jobrunner.services.api.errors import job_not_found
 from jobrunner.services.api.queryparams import Query
 from jobrunner.services.api.reads import get
 from jobrunner.services.api.security import principal_of
+from jobrunner.services.api.sse import MAX_STREAM_SEQ
 
 MAX_EVENTS_PAGE = 1000
-# The largest stream sequence a client may name: JetStream's are 64-bit, and one beyond 2**64
-# could not even be asked for (before session 41 the request failed, answered 503).
-MAX_STREAM_SEQ = 2**63 - 1
 
 
 class EventPage(msgspec.Struct):
