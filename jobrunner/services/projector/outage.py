@@ -32,8 +32,34 @@ WHAT_TO_DO = (
     "start Postgres (or wait for its restart), or check database_url; the projector applies the "
     "events stored meanwhile once it answers"
 )
+# SQLSTATE 53100 (disk_full): Postgres answers, but cannot write; starting it, or another
+# database_url, does not help, space where it keeps its data does. Its message names the file.
+DISK_FULL = "53100"
+WHAT_TO_DO_ON_FULL_DISK = (
+    "Postgres's disk is full: free space on the filesystem of its data directory (or of the "
+    "tablespace holding the file the error names); the projector applies the events stored "
+    "meanwhile once Postgres can write again"
+)
+# The rest of class 53 (out of memory, configuration limits): Postgres answers, short of them.
+WHAT_TO_DO_ON_SHORT_RESOURCES = (
+    "give Postgres what the error names (memory, or the setting it names: max_connections, "
+    "max_locks_per_transaction); the projector applies the events stored meanwhile once it can"
+)
 WAITING_EVENT = "projector waits for Postgres"
 BACK_EVENT = "Postgres answers: projector goes on"
+
+
+def what_to_do(exc: BaseException) -> str:
+    """What an operator should do about ``exc``, which stopped the projector applying events: a
+    Postgres out of disk space or other resources answered (class 53), anything else is
+    Postgres away or refusing (``WHAT_TO_DO``)."""
+    sqlstate = getattr(exc, "sqlstate", None) if isinstance(exc, asyncpg.PostgresError) else None
+    if sqlstate == DISK_FULL:
+        return WHAT_TO_DO_ON_FULL_DISK
+    # 53300 (too many connections) is a connect's, and passes as the other clients leave.
+    if isinstance(sqlstate, str) and sqlstate.startswith("53") and sqlstate != "53300":
+        return WHAT_TO_DO_ON_SHORT_RESOURCES
+    return WHAT_TO_DO
 
 
 def pause_after(failures: int) -> float:

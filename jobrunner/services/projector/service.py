@@ -221,7 +221,7 @@ async def _checkpoint_at_start(
                     reading="the checkpoint",
                     error=f"{type(exc).__name__}: {exc}",
                     retry_every_seconds=outage.RETRY_PAUSE_MAX,
-                    what_to_do=outage.WHAT_TO_DO,
+                    what_to_do=outage.what_to_do(exc),
                 )
             if await outage.wait_or_stop(stop, outage.pause_after(retries.failures)):
                 return None
@@ -278,7 +278,7 @@ async def _apply_until_done(
                 first_seq=batch[0][0],
                 last_seq=batch[-1][0],
                 error=f"{type(exc).__name__}: {exc}",
-                what_to_do=outage.WHAT_TO_DO,
+                what_to_do=outage.what_to_do(exc),
             )
         if await outage.wait_or_stop(stop, pause):
             return None
