@@ -5,12 +5,21 @@ Without this, a dead embedded server stayed dead while `up` went on supervising 
 could only wait for it: every job, read and stream answered 503 until someone restarted `up`.
 The services reconnect by themselves once the server answers again at the same address (the
 runner then publishes what its tools printed meanwhile), so a start on the same port is all a
-recovery needs."""
+recovery needs.
+
+A server that runs but no longer writes its data is kept too: nats-server's store, once a write
+failed (a full disk), drops every publish until its next start, while it answers every read (so
+nothing else notices). Its output says so (``ServerProcess.write_failed``); once its directory
+has ``ROOM_BYTES`` free again (the operator freed space) it is stopped and started again, and
+it stores again. While the disk stays full it is left running (a start would fail the same
+way), said once."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
+import time
 from collections.abc import Sequence
 
 import structlog
@@ -25,6 +34,12 @@ CHECK_SECONDS = 0.5
 # Waits between failed starts of a server: doubling from the first, at most the longest.
 FIRST_RETRY_SECONDS = 0.5
 LONGEST_RETRY_SECONDS = 10.0
+# Free space a server's directory needs before a server that stopped writing is started again:
+# room for the events of a while, not one write (a start on a nearly full disk fails again).
+ROOM_BYTES = 64 * 1024 * 1024
+# Between two restarts of a server for a failed write, at least: a disk that fills again at once
+# (a tool still printing) is not met with a restart every check.
+RESTART_SPACING_SECONDS = 30.0
 
 
 async def keep_running(servers: Sequence[ServerProcess], stop: asyncio.Event) -> None:
@@ -33,23 +48,63 @@ async def keep_running(servers: Sequence[ServerProcess], stop: asyncio.Event) ->
         # Its clients know it at this port: a restart must not move it (a port chosen at the
         # first start may be tried elsewhere when taken; then it no longer may).
         server.port_flag = None
+    full_disk = _FullDisk()
     while not stop.is_set():
         for server in servers:
             if server.proc is not None and not server.running and not stop.is_set():
                 await _start_again(server, stop)
+            elif server.running and server.write_failed.is_set() and full_disk.room(server):
+                await asyncio.to_thread(server.stop)
+                await _start_again(server, stop, exited=False)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), CHECK_SECONDS)
 
 
-async def _start_again(server: ServerProcess, stop: asyncio.Event) -> None:
-    """Start ``server`` again, retrying with growing waits until it starts or ``stop`` is set."""
+class _FullDisk:
+    """When a server whose write failed may be started again, said once per failure."""
+
+    def __init__(self) -> None:
+        self._told: set[str] = set()
+        self._restarted_at: dict[str, float] = {}
+
+    def room(self, server: ServerProcess) -> bool:
+        free = shutil.disk_usage(server.log_file.parent).free
+        since = time.monotonic() - self._restarted_at.get(server.name, -RESTART_SPACING_SECONDS)
+        if free >= ROOM_BYTES and since >= RESTART_SPACING_SECONDS:
+            log.warning(
+                f"{server.name} stopped writing its data; there is room again: restarting it",
+                server=server.name,
+                directory=str(server.log_file.parent),
+                free_bytes=free,
+            )
+            self._told.discard(server.name)
+            self._restarted_at[server.name] = time.monotonic()
+            return True
+        if server.name not in self._told:
+            self._told.add(server.name)
+            log.error(
+                f"{server.name} stopped writing its data (see its log: a full disk?); "
+                "it is restarted once there is room",
+                server=server.name,
+                directory=str(server.log_file.parent),
+                free_bytes=free,
+                room_bytes=ROOM_BYTES,
+                what_to_do=f"free space in {server.log_file.parent}",
+            )
+        return False
+
+
+async def _start_again(server: ServerProcess, stop: asyncio.Event, exited: bool = True) -> None:
+    """Start ``server`` again, retrying with growing waits until it starts or ``stop`` is set
+    (``exited``: it exited by itself, said here; else it was stopped for a failed write)."""
     assert server.proc is not None
-    log.warning(
-        f"{server.name} exited: starting it again",
-        server=server.name,
-        code=server.proc.returncode,
-        port=server.port,
-    )
+    if exited:
+        log.warning(
+            f"{server.name} exited: starting it again",
+            server=server.name,
+            code=server.proc.returncode,
+            port=server.port,
+        )
     attempt = 0
     while not stop.is_set():
         attempt += 1

@@ -1,0 +1,113 @@
+"""`jobrunner up`'s keeper and a full disk under its NATS server (a real small tmpfs): nats-server
+stops storing at its first failed write (every publish then goes unanswered, every read still
+answers); the keeper leaves it while the disk is full, says so once, and restarts it once there
+is room again, after which it stores again. Before session 41 nothing recovered until someone
+restarted nats-server by hand."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import nats
+import nats.errors
+import pytest
+from structlog.testing import capture_logs
+
+from jobrunner.embedded import keeper
+from jobrunner.embedded.nats import EmbeddedNats
+from jobrunner.embedded.scratch import scratch_dir
+from tests.test_postgres_disk_full import fill
+from tests.test_postgres_down_at_start import lines_of, until_logged
+
+pytestmark = pytest.mark.timeout(120)
+
+DISK_BYTES = 24 * 1024 * 1024
+ROOM = 4 * 1024 * 1024  # the keeper's ROOM_BYTES here: the disk is small
+STOPPED = (
+    "nats-server stopped writing its data (see its log: a full disk?); "
+    "it is restarted once there is room"
+)
+RESTARTING = "nats-server stopped writing its data; there is room again: restarting it"
+
+
+@pytest.fixture
+def small_disk() -> Iterator[Path]:
+    """A 24 MiB tmpfs, unmounted at the end; skipped where mounting is not permitted."""
+    with scratch_dir("jobrunner-test-nats-full-disk-") as root:
+        mounted = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={DISK_BYTES}", "tmpfs", str(root)],
+            capture_output=True,
+            text=True,
+        )
+        if mounted.returncode != 0:
+            pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.strip()}")
+        try:
+            yield root
+        finally:
+            subprocess.run(["umount", "--lazy", str(root)], check=False)
+
+
+@pytest.fixture
+async def kept_nats(
+    small_disk: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[EmbeddedNats]:
+    monkeypatch.setattr(keeper, "ROOM_BYTES", ROOM)
+    monkeypatch.setattr(keeper, "CHECK_SECONDS", 0.1)
+    server = EmbeddedNats(small_disk / "nats")
+    await asyncio.to_thread(server.start)
+    stop = asyncio.Event()
+    keeping = asyncio.create_task(keeper.keep_running([server], stop))
+    try:
+        yield server
+    finally:
+        stop.set()
+        await keeping
+        await asyncio.to_thread(server.stop)
+
+
+async def stored(js: nats.js.JetStreamContext, data: bytes) -> bool:
+    """Whether one publish is stored (acknowledged) within 2 s."""
+    try:
+        await js.publish("events.x", data, timeout=2)
+    except nats.errors.TimeoutError:
+        return False
+    return True
+
+
+async def test_nats_stops_storing_on_a_full_disk_and_is_restarted_once_there_is_room(
+    kept_nats: EmbeddedNats, small_disk: Path
+) -> None:
+    """A full disk: publishes go unanswered and the keeper says so once without restarting;
+    space freed: the keeper restarts nats-server on its port, and publishes are stored again."""
+    nc = await nats.connect(kept_nats.url, max_reconnect_attempts=-1, reconnect_time_wait=0.1)
+    try:
+        js = nc.jetstream()
+        await js.add_stream(name="EVENTS", subjects=["events.>"])
+        first_pid = kept_nats.proc.pid if kept_nats.proc else None
+        with capture_logs() as logs:
+            filler = fill(small_disk, leave=512 * 1024)
+            for _ in range(10):  # a few 256 KiB messages fill what is left
+                if not await stored(js, b"x" * 256 * 1024):
+                    break
+            assert kept_nats.write_failed.is_set(), "nats-server said no critical write error"
+            await until_logged(logs, STOPPED, timeout=10)
+            await asyncio.sleep(1)  # the keeper checks ten times meanwhile: no restart while full
+            assert kept_nats.proc is not None
+            assert kept_nats.proc.pid == first_pid
+            filler.unlink()  # the operator frees space: nats-server still stores nothing
+            await until_logged(logs, "nats-server is running again", timeout=30)
+        assert lines_of(logs, RESTARTING)[0]["free_bytes"] >= ROOM
+        assert kept_nats.proc is not None
+        assert kept_nats.proc.pid != first_pid
+        async with asyncio.timeout(30):
+            while not await stored(js, b"after"):
+                pass  # the client reconnects to the restarted server
+        info = await js.stream_info("EVENTS")
+        assert info.state.last_seq >= 1
+    finally:
+        with contextlib.suppress(Exception):
+            await nc.close()
