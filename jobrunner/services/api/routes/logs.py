@@ -121,5 +121,10 @@ async def download_job_log(request: Request[Any, Any, Any], job_id: str) -> Stre
             "Content-Disposition": f'attachment; filename="{filename}"',
             "X-Content-Type-Options": "nosniff",
             "Cache-Control": "no-store",
+            # What the read models held as the download began: a client can tell a whole log
+            # (a finished job's, as many lines as this) from one read before the projector had
+            # applied the job's end (a download right after the stream's `done`: `running`).
+            "X-Job-Status": str(row["status"]),
+            "X-Log-Lines": str(row["log_count"]),
         },
     )
