@@ -86,8 +86,8 @@ async def test_a_download_refused_for_too_many_streams_is_a_429_error_not_a_log(
 
 async def test_a_download_right_after_done_says_how_many_lines_it_holds(system: System) -> None:
     """Downloads made the moment a job's stream says `done`, with never-reading viewers holding
-    streams: each holds exactly the lines its `X-Log-Lines` says, and all of them once its
-    `X-Job-Status` is the job's end."""
+    streams: one whose `X-Job-Status` is the job's end holds every line, as `X-Log-Lines` says;
+    one read earlier says `running` and holds at least the lines its `X-Log-Lines` says."""
     for _ in range(3):
         job_id = await run_job(system)
         async with system.client() as client, never_reading(system, job_id, STREAMS - 2):
@@ -96,9 +96,9 @@ async def test_a_download_right_after_done_says_how_many_lines_it_holds(system: 
             response = await client.get(f"/api/jobs/{job_id}/logs/download")
         assert response.status_code == 200, response.text
         held = int(response.headers["x-log-lines"])
-        assert len(lines_of(response.content)) == held
         if response.headers["x-job-status"] == "completed":
             assert held == LINES
-        else:
+            assert len(lines_of(response.content)) == LINES
+        else:  # read before the projector applied the end: lines may arrive as it reads
             assert response.headers["x-job-status"] == "running"
-            assert held <= LINES
+            assert held <= len(lines_of(response.content)) <= LINES
