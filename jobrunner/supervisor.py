@@ -341,6 +341,7 @@ async def up(settings: Settings, config_file: str | None) -> int:
     env.update(
         {
             "JOBRUNNER_NATS_URL": nats_server.url,
+            "JOBRUNNER_NATS_MONITOR_URL": nats_server.monitor_url,
             "JOBRUNNER_DATABASE_URL": postgres.url,
             "JOBRUNNER_HOST": settings.host,
             "JOBRUNNER_PORT": str(settings.port),
