@@ -19,17 +19,27 @@ import pytest
 from jobrunner.common.settings import Settings
 from jobrunner.contracts.names import Names
 from jobrunner.embedded.nats import EmbeddedNats
+from jobrunner.embedded.scratch import scratch_dir
 from jobrunner.embedded.serverprocess import bind_free_port
 from tests.system import System
-from tests.test_keeper_full_disk import small_disk  # noqa: F401 (a fixture)
-from tests.test_postgres_disk_full import fill
 from tests.tools.health_reports import codes, health
+from tests.tools.small_disk import fill, mounted_tmpfs
 
 pytestmark = pytest.mark.timeout(120)
 
 
+DISK_BYTES = 24 * 1024 * 1024
+
+
 @pytest.fixture
-async def full_disk_nats(small_disk: Path) -> AsyncIterator[EmbeddedNats]:  # noqa: F811
+def small_disk() -> Iterator[Path]:
+    """A 24 MiB tmpfs for nats-server's store."""
+    with scratch_dir("jobrunner-test-nats-not-storing-") as root, mounted_tmpfs(root, DISK_BYTES):
+        yield root
+
+
+@pytest.fixture
+async def full_disk_nats(small_disk: Path) -> AsyncIterator[EmbeddedNats]:
     server = EmbeddedNats(small_disk / "nats")
     await asyncio.to_thread(server.start)
     try:
@@ -66,7 +76,7 @@ async def until_write_failed(server: EmbeddedNats, names: Names) -> None:
 async def test_health_tells_a_jetstream_that_stopped_storing_until_nats_restarts(
     system: System,
     full_disk_nats: EmbeddedNats,
-    small_disk: Path,  # noqa: F811
+    small_disk: Path,
 ) -> None:
     """A full disk: JETSTREAM_NOT_STORING (degraded) with what to do, still after space is
     freed (nats-server mends only at a start), gone once nats-server started again."""

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -20,8 +19,8 @@ from structlog.testing import capture_logs
 from jobrunner.embedded import keeper
 from jobrunner.embedded.nats import EmbeddedNats
 from jobrunner.embedded.scratch import scratch_dir
-from tests.test_postgres_disk_full import fill
-from tests.test_postgres_down_at_start import lines_of, until_logged
+from tests.tools.captured_logs import lines_of, until_logged
+from tests.tools.small_disk import fill, mounted_tmpfs
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -36,19 +35,9 @@ RESTARTING = "nats-server stopped writing its data; there is room again: restart
 
 @pytest.fixture
 def small_disk() -> Iterator[Path]:
-    """A 24 MiB tmpfs, unmounted at the end; skipped where mounting is not permitted."""
-    with scratch_dir("jobrunner-test-nats-full-disk-") as root:
-        mounted = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", f"size={DISK_BYTES}", "tmpfs", str(root)],
-            capture_output=True,
-            text=True,
-        )
-        if mounted.returncode != 0:
-            pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.strip()}")
-        try:
-            yield root
-        finally:
-            subprocess.run(["umount", "--lazy", str(root)], check=False)
+    """A 24 MiB tmpfs for nats-server's store."""
+    with scratch_dir("jobrunner-test-nats-full-disk-") as root, mounted_tmpfs(root, DISK_BYTES):
+        yield root
 
 
 @pytest.fixture

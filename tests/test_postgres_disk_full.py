@@ -8,8 +8,6 @@ import asyncio
 import contextlib
 import os
 import pwd
-import shutil
-import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -23,8 +21,9 @@ from jobrunner.common.settings import Settings
 from jobrunner.embedded.postgres import EmbeddedPostgres
 from jobrunner.services.projector import outage
 from tests.system import System
-from tests.test_postgres_down_at_start import lines_of, until_logged
+from tests.tools.captured_logs import lines_of, until_logged
 from tests.tools.job_type_files import TEST_TYPES
+from tests.tools.small_disk import fill, mounted_tmpfs
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -34,34 +33,15 @@ RETRYING = "projector cannot apply a batch; retrying it"
 
 @pytest.fixture
 def small_disk(own_postgres: EmbeddedPostgres) -> Iterator[Path]:
-    """A 4 MiB tmpfs owned by Postgres's user, unmounted at the end; skipped where mounting is
-    not permitted (not root, or a container without CAP_SYS_ADMIN)."""
-    # Beside Postgres's data directory: a place its user can reach, removed with it.
+    """A 4 MiB tmpfs beside Postgres's data directory (a place its user can reach, removed with
+    it), owned by Postgres's user."""
     mount_point = own_postgres.data_dir.parent / "small-disk"
     mount_point.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={DISK_BYTES},mode=0700", "tmpfs", str(mount_point)],
-        capture_output=True,
-        text=True,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.strip()}")
-    try:
+    with mounted_tmpfs(mount_point, DISK_BYTES):
         if own_postgres.user is not None:  # root's tests run Postgres as its own user
             owner = pwd.getpwnam(own_postgres.user)
             os.chown(mount_point, owner.pw_uid, owner.pw_gid)
         yield mount_point
-    finally:
-        subprocess.run(["umount", "--lazy", str(mount_point)], check=False)
-
-
-def fill(disk: Path, leave: int) -> Path:
-    """A file taking all but ``leave`` bytes of ``disk``'s free space."""
-    filler = disk / "filler"
-    free = shutil.disk_usage(disk).free
-    with filler.open("wb") as f:
-        f.write(b"\0" * max(0, free - leave))
-    return filler
 
 
 @pytest.fixture
