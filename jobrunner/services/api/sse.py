@@ -67,9 +67,11 @@ def encode_data(data: Any) -> bytes:
     return escape_breaks(_encoder.encode(data))
 
 
-# The largest stream sequence a client may name (``after``, ``Last-Event-ID``): JetStream's are
-# 64-bit, and one beyond 2**64 could not even be asked for (before session 41 an event page's
-# request failed, answered 503).
+# The largest stream sequence a client may name (``after``, ``Last-Event-ID``): the read models
+# keep sequences in Postgres bigint columns (``stream_seq``, signed 64-bit), so none beyond it
+# is ever stored. JetStream's own are unsigned 64-bit: 2**63 to 2**64-2 could be asked of it,
+# and answer 400 on purpose (one rule for every place a sequence is named); beyond 2**64 not
+# even that (before session 41 an event page's request failed there, answered 503).
 MAX_STREAM_SEQ = 2**63 - 1
 
 # An id as the server sends it: ASCII digits only (Python's int() also takes "1_000", "+5" and

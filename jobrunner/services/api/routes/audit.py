@@ -40,6 +40,7 @@ async def job_events(
     no longer hold, as long as the stream still has their events."""
     ctx = ctx_of(request)
     query = Query(request.query_params, ("after", "limit"))
+    # The read models' bound (a bigint stream_seq), not JetStream's: see MAX_STREAM_SEQ.
     after_seq = query.integer("after", 0, 0, MAX_STREAM_SEQ) or 0
     page_size = query.integer("limit", 100, 1, MAX_EVENTS_PAGE) or 100
     if not audit.JOB_ID_RE.match(job_id):
