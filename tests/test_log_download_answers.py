@@ -41,14 +41,14 @@ async def run_job(system: System, lines: int = LINES) -> str:
 
 
 @contextlib.asynccontextmanager
-async def never_reading(system: System, job_id: str, count: int) -> AsyncIterator[None]:
-    """``count`` SSE clients of the job that open their stream and never read it."""
+async def never_reading(system: System, count: int) -> AsyncIterator[None]:
+    """``count`` SSE clients that open the every-job updates stream and never read it. That
+    stream stays open (a finished job's own stream replays to `done` and closes, giving its
+    slot back before the download is asked for)."""
     async with contextlib.AsyncExitStack() as stack:
         for _ in range(count):
             client = await stack.enter_async_context(system.client())
-            response = await stack.enter_async_context(
-                client.stream("GET", f"/api/jobs/{job_id}/stream")
-            )
+            response = await stack.enter_async_context(client.stream("GET", "/api/jobs/stream"))
             assert response.status_code == 200
         yield
 
@@ -65,7 +65,7 @@ async def test_a_download_refused_for_too_many_streams_is_a_429_error_not_a_log(
     job_id = await run_job(system)
     async with system.client() as client:
         await read_stream(client, f"/jobs/stream/{job_id}")  # until done
-        async with never_reading(system, job_id, STREAMS):
+        async with never_reading(system, STREAMS):
             refused = await client.get(f"/api/jobs/{job_id}/logs/download")
         assert refused.status_code == 429, refused.text
         assert refused.json()["error"]["code"] == "TOO_MANY_STREAMS"
@@ -90,7 +90,7 @@ async def test_a_download_right_after_done_says_how_many_lines_it_holds(system: 
     one read earlier says `running` and holds at least the lines its `X-Log-Lines` says."""
     for _ in range(3):
         job_id = await run_job(system)
-        async with system.client() as client, never_reading(system, job_id, STREAMS - 2):
+        async with system.client() as client, never_reading(system, STREAMS - 2):
             stream = await read_stream(client, f"/jobs/stream/{job_id}")
             assert stream.events[-1].event == "done"
             response = await client.get(f"/api/jobs/{job_id}/logs/download")
