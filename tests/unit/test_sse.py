@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import msgspec
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from jobrunner.contracts import events
@@ -34,6 +34,12 @@ def test_resume_after_a_whole_event_starts_at_the_next() -> None:
     point = ResumePoint.parse("41")
     assert point == ResumePoint(41)
     assert point.next_seq == 42
+
+
+def test_leading_zeros_of_a_last_event_id_mean_nothing() -> None:
+    """Last-Event-ID 0041:003 resumes as 41:3 does, however many zeros lead."""
+    assert ResumePoint.parse("0041:003") == ResumePoint(41, 3)
+    assert ResumePoint.parse("0" * 30 + "41") == ResumePoint(41)
 
 
 def test_resume_mid_batch_reads_that_batch_again() -> None:
@@ -94,6 +100,9 @@ def our_id(raw: str) -> tuple[int, int | None] | None:
 
 @settings(deadline=None, max_examples=500)
 @given(NEAR_IDS)
+@example("0" * 19 + "5")  # leading zeros beyond 19 digits (the review's case: read as 5)
+@example("0" * 5000 + "41:" + "0" * 30 + "3")
+@example("0" * 5 + "9" * 19)  # past MAX_STREAM_SEQ once the zeros are left aside
 def test_any_last_event_id_is_our_id_or_ignored(raw: str) -> None:
     """Whatever a client sends as Last-Event-ID, it is read as the id it spells in ASCII digits,
     within a stream's sequences, or ignored as a whole (never half read)."""

@@ -76,8 +76,9 @@ MAX_STREAM_SEQ = 2**63 - 1
 
 # An id as the server sends it: ASCII digits only (Python's int() also takes "1_000", "+5" and
 # other scripts' digits, and refuses more than 4300 digits with a ValueError of its own), with
-# at most as many digits as MAX_STREAM_SEQ has.
-_RESUME_ID = re.compile(r"([0-9]{1,19})(?::([0-9]{1,19}))?")
+# at most as many digits as MAX_STREAM_SEQ has once leading zeros (which mean nothing: "007" is
+# 7, as int() reads it) are left aside.
+_RESUME_ID = re.compile(r"0*([0-9]{1,19})(?::0*([0-9]{1,19}))?")
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,8 @@ class ResumePoint:
     @classmethod
     def parse(cls, raw: str | None) -> ResumePoint | None:
         """``None`` for a missing header and for any value that is not an id the server sends
-        (``<seq>`` or ``<seq>:<index>``, ASCII digits, each at most ``MAX_STREAM_SEQ``): the
+        (``<seq>`` or ``<seq>:<index>``, ASCII digits, leading zeros allowed, each at most
+        ``MAX_STREAM_SEQ``): the
         stream then starts from the beginning, as without one."""
         if not raw:
             return None
