@@ -56,8 +56,8 @@ async def system(settings: Settings, own_postgres: EmbeddedPostgres) -> AsyncIte
 async def test_a_full_disk_is_told_as_such_and_the_projector_goes_on_once_freed(
     system: System, small_disk: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The projector's retries say Postgres's disk is full (the file, and what to free), and
-    once space is freed it applies every line stored meanwhile."""
+    """The projector's retries say Postgres's disk is full (the tablespace's directory to free
+    space in, and the file), and once space is freed it applies every line stored meanwhile."""
     monkeypatch.setattr(outage, "RETRY_PAUSE_MAX", 0.2)
     with capture_logs() as started:
         await system.start_projector()
@@ -82,6 +82,9 @@ async def test_a_full_disk_is_told_as_such_and_the_projector_goes_on_once_freed(
         retrying = lines_of(logs, RETRYING)[0]
         assert "DiskFullError" in retrying["error"], retrying
         assert "disk is full" in retrying["what_to_do"], retrying
+        # Where: the tablespace's directory, as Postgres tells it, and the file it names.
+        assert f"free space on the filesystem of {small_disk} " in retrying["what_to_do"]
+        assert "pg_tblspc/" in retrying["what_to_do"], retrying
         assert "database_url" not in retrying["what_to_do"], retrying
         filler.unlink()
         await until_logged(logs, "projector applied the batch after an outage")

@@ -8,12 +8,29 @@ import pytest
 from jobrunner.services.projector import outage
 
 
-def test_a_full_disk_is_told_to_free_space_not_to_start_postgres() -> None:
-    """Postgres's 53100 (disk full) says the disk is full and where to free space."""
-    advice = outage.what_to_do(asyncpg.DiskFullError('could not extend file "base/1/2"'))
+def test_a_full_disk_is_told_to_free_space_where_postgres_said() -> None:
+    """Postgres's 53100 (disk full) says the disk is full and names the directory Postgres
+    told (its data directory, or the tablespace's location) and the file it could not write."""
+    error = asyncpg.DiskFullError('could not extend file "base/1/2": No space left on device')
+    advice = outage.what_to_do(error, "/var/lib/postgresql/16/main")
     assert "disk is full" in advice
-    assert "data directory" in advice
+    assert "free space on the filesystem of /var/lib/postgresql/16/main" in advice
+    assert "base/1/2" in advice
     assert "database_url" not in advice
+
+
+def test_a_full_disk_not_told_where_says_how_to_ask_postgres() -> None:
+    """When Postgres does not say where (data_directory is for superusers), the advice says how
+    to ask it: the data directory, or the location of the tablespace the file lies in."""
+    in_data = outage.what_to_do(asyncpg.DiskFullError('could not extend file "base/1/2"'))
+    assert "SHOW data_directory" in in_data
+    assert "base/1/2" in in_data
+    tablespace_file = "pg_tblspc/16385/PG_16_202307071/5/16390"
+    in_tablespace = outage.what_to_do(
+        asyncpg.DiskFullError(f'could not extend file "{tablespace_file}"')
+    )
+    assert "tablespace 16385" in in_tablespace
+    assert "pg_tablespace_location(16385)" in in_tablespace
 
 
 @pytest.mark.parametrize(
