@@ -14,6 +14,8 @@ from pathlib import Path
 
 import httpx
 
+from jobrunner.embedded import processtree
+
 URL_RE = re.compile(r"jobrunner is running at (http://\S+)/jobs")
 TOKEN_RE = re.compile(r"^\s{4}(\S{20,})\s*$", re.MULTILINE)
 
@@ -66,6 +68,36 @@ class Up:
     def stop(self, sig: int = signal.SIGINT, timeout: float = 60) -> int:
         self.proc.send_signal(sig)
         return self.proc.wait(timeout)
+
+
+# The program each embedded server of `jobrunner up` runs, by the name `up` logs it under.
+SERVER_PROGRAMS = {"nats-server": b"nats-server", "postgres": b"postgres"}
+
+
+def server_pid(up_pid: int, server: str) -> int:
+    """The pid of the embedded ``server`` (a name of ``SERVER_PROGRAMS``) `jobrunner up`
+    (``up_pid``) started."""
+    for pid in processtree.children_of(up_pid):
+        try:
+            program = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
+        except OSError:
+            continue  # gone meanwhile
+        if program.endswith(b"/" + SERVER_PROGRAMS[server]):
+            return pid
+    raise AssertionError(f"`jobrunner up` ({up_pid}) runs no {server}")
+
+
+def processes_using(path: Path) -> list[str]:
+    """Command lines of live processes that mention ``path`` (our servers name their dirs)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if str(path) in cmdline and int(pid) != os.getpid():
+            found.append(cmdline)
+    return found
 
 
 def services_of(up_pid: int) -> dict[str, str]:
