@@ -327,6 +327,10 @@ async def up(settings: Settings, config_file: str | None) -> int:
     except Exception:
         nats_server.stop()
         raise
+    for server in (nats_server, postgres):
+        # Its clients know it at this port now: a start again must not move it (a port chosen
+        # here may be tried elsewhere when taken at the first start; then it no longer may).
+        server.port_flag = None
     api_url = f"http://{_url_host(settings.host)}:{settings.port}"
     write_runtime(
         state,
@@ -341,7 +345,6 @@ async def up(settings: Settings, config_file: str | None) -> int:
     env.update(
         {
             "JOBRUNNER_NATS_URL": nats_server.url,
-            "JOBRUNNER_NATS_MONITOR_URL": nats_server.monitor_url,
             "JOBRUNNER_DATABASE_URL": postgres.url,
             "JOBRUNNER_HOST": settings.host,
             "JOBRUNNER_PORT": str(settings.port),
@@ -394,8 +397,13 @@ async def up(settings: Settings, config_file: str | None) -> int:
         exit_code = 1
     finally:
         log.info("stopping")
-        keeping.cancel()
-        await asyncio.gather(keeping, return_exceptions=True)
+        # The keeper ends its start in flight, if any (bounded by the start's timeout), rather
+        # than being cancelled: its thread would go on and leave a server no one stops.
+        stop.set()
+        try:
+            await keeping
+        except Exception:
+            log.exception("the keeper of the embedded servers failed")
         for name in STOP_ORDER:
             await services[name].stop()
         await asyncio.to_thread(nats_server.stop)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import shutil
 import time
 from collections.abc import Sequence
@@ -43,21 +44,30 @@ RESTART_SPACING_SECONDS = 30.0
 
 
 async def keep_running(servers: Sequence[ServerProcess], stop: asyncio.Event) -> None:
-    """Start again each of ``servers`` whose process has exited, until ``stop`` is set."""
-    for server in servers:
-        # Its clients know it at this port: a restart must not move it (a port chosen at the
-        # first start may be tried elsewhere when taken; then it no longer may).
-        server.port_flag = None
-    full_disk = _FullDisk()
-    while not stop.is_set():
+    """Start again each of ``servers`` whose process has exited, until ``stop`` is set: each in
+    a task of its own, so that one that cannot start (a broken config) keeps no other waiting.
+    A start in flight when ``stop`` is set is finished first (bounded by its own timeout):
+    cancelled, its thread would go on and leave a server running that no one stops."""
+    async with asyncio.TaskGroup() as group:
         for server in servers:
-            if server.proc is not None and not server.running and not stop.is_set():
+            group.create_task(_keep(server, stop))
+
+
+async def _keep(server: ServerProcess, stop: asyncio.Event) -> None:
+    try:
+        full_disk = _FullDisk()
+        while not stop.is_set():
+            if server.proc is not None and not server.running:
                 await _start_again(server, stop)
             elif server.running and server.write_failed.is_set() and full_disk.room(server):
                 await asyncio.to_thread(server.stop)
                 await _start_again(server, stop, exited=False)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), CHECK_SECONDS)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), CHECK_SECONDS)
+    except Exception:  # said, not raised: the other servers' keepers go on
+        log.exception(
+            f"{server.name} is no longer kept running: its keeper failed", server=server.name
+        )
 
 
 class _FullDisk:
@@ -106,6 +116,7 @@ async def _start_again(server: ServerProcess, stop: asyncio.Event, exited: bool 
             port=server.port,
         )
     attempt = 0
+    told: str | None = None
     while not stop.is_set():
         attempt += 1
         try:
@@ -117,14 +128,27 @@ async def _start_again(server: ServerProcess, stop: asyncio.Event, exited: bool 
             delay = retry.delay_after(
                 attempt, first=FIRST_RETRY_SECONDS, longest=LONGEST_RETRY_SECONDS
             )
+            reason = _reason(error)
+            # The server's last words once, and again when they change: the same ten lines
+            # every ten seconds for ever would bury everything else in the log.
+            detail = {"error": str(error)} if reason != told else {"reason": reason}
+            told = reason
             log.error(
                 f"{server.name} did not start again",
                 server=server.name,
-                error=str(error),
+                attempt=attempt,
                 retry_in=delay,
+                **detail,
             )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), delay)
             continue
         log.info(f"{server.name} is running again", server=server.name, port=server.port)
         return
+
+
+def _reason(error: Exception) -> str:
+    """Why a start failed, the same for every attempt failing the same way: the error's last
+    line without its numbers (a server's log lines carry a time and a pid of their own)."""
+    lines = str(error).strip().splitlines() or [type(error).__name__]
+    return re.sub(r"\d+", "#", lines[-1])
