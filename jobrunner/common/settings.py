@@ -47,9 +47,6 @@ class SettingsError(Exception):
 class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, dict=True):
     # Where things are
     nats_url: str = "nats://127.0.0.1:4222"  # a cluster: its servers' URLs, comma-separated
-    # nats-server's monitoring address (http://host:port): GET /health asks its /healthz, the one
-    # place a stream that stopped storing after a failed write shows (set by `jobrunner up`).
-    nats_monitor_url: str = ""
     # How every part connects to NATS (nats-py and the projector's stream reader alike; see
     # common/natsconnection.py): each step of a connect (TCP, the server's INFO, TLS, the
     # handshake) gives up on a server after this long and tries the next one.

@@ -50,9 +50,6 @@ class EmbeddedNats(ServerProcess):
     ) -> None:
         self.host = host
         self.port = port or free_port()
-        # Its monitoring port, kept across restarts: /healthz tells a stream that stopped
-        # storing (nothing a client reads does).
-        self.monitor_port = free_port()
         self.store_dir = store_dir
         self.nats_user = user
         self.nats_password = password
@@ -82,8 +79,6 @@ class EmbeddedNats(ServerProcess):
                 str(store_dir),
                 "--server_name",
                 "jobrunner",
-                "--http_port",
-                str(self.monitor_port),
                 *auth_args,
             ],
             log_file=store_dir / "nats-server.log",
@@ -94,11 +89,6 @@ class EmbeddedNats(ServerProcess):
             write_error_text="critical write error",
             port_flag=None if port else "--port",
         )
-
-    @property
-    def monitor_url(self) -> str:
-        """nats-server's monitoring address (on the client address's host)."""
-        return f"http://{self.host}:{self.monitor_port}"
 
     @property
     def url(self) -> str:

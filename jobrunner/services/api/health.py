@@ -10,9 +10,8 @@ cannot see from here are working (invariant "Health tells the truth").
   or stuck projector and a stalled stream reader look alike from here), read models still
   missing after as long (no projector at work: ``readmodelgate.UnbuiltReadModels``), a rebuild
   of them with no projector at it for as long (``readmodelgate.AbandonedRebuild``), no runner
-  alive, NATS too slow for health's later reads (NATS_SLOW: the projector's progress or the
-  runners unknown), or a stream that stopped storing after a failed write, as nats-server's
-  monitoring tells it (JETSTREAM_NOT_STORING: a full disk; ``_write_error``).
+  alive, or NATS too slow for health's later reads (NATS_SLOW: the projector's progress or the
+  runners unknown).
 - ``ok`` (HTTP 200) otherwise.
 
 Each problem comes with a machine-readable code and a sentence in ``problems``.
@@ -28,7 +27,6 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import asyncpg
-import httpx
 import msgspec
 
 from jobrunner.common import looptime, postgresconnect, runnerpool
@@ -96,9 +94,6 @@ async def report(ctx: ApiContext) -> tuple[dict[str, Any], int]:
         body["set_aside"] = _set_aside(postgres.set_aside, problems)
     if body["nats"]:
         body["runners"] = await _runners(ctx, nats, problems)
-        not_storing = await _write_error(ctx, nats)
-        if not_storing is not None:
-            problems.append(Problem("JETSTREAM_NOT_STORING", not_storing))
         seconds = ctx.settings.health_nats_timeout_seconds
         if stream_end_missed:  # connected, but frozen or overloaded: this instance cannot serve
             sentence = f"NATS did not answer this API instance within {seconds:g} s."
@@ -303,36 +298,6 @@ async def _runners(ctx: ApiContext, nats: NatsBound, problems: list[Problem]) ->
             Problem("NO_RUNNER", "No runner is alive: requested jobs wait until one starts.")
         )
     return {"alive": len(alive), "ids": [beat.runner_id for beat in alive]}
-
-
-async def _write_error(ctx: ApiContext, nats: NatsBound) -> str | None:
-    """What to do about a stream that stopped storing, told by nats-server's ``/healthz`` at
-    ``nats_monitor_url`` (not asked when unset, or when an earlier read missed the bound).
-
-    nats-server 2.x, once a write of a stream's files failed (a full disk), keeps answering
-    every read of it, its end included, and drops each publish without an answer, until it is
-    started again, space freed or not; only its monitoring's /healthz names the write error."""
-    url = ctx.settings.nats_monitor_url
-    if not url or nats.missed:
-        return None
-
-    async def healthz() -> httpx.Response:
-        async with httpx.AsyncClient(timeout=max(nats.left, 0.001)) as client:
-            return await client.get(f"{url.rstrip('/')}/healthz")
-
-    try:
-        answer = await _read_nats(nats, healthz)
-        error = str(answer.json().get("error", ""))
-    except Exception:  # monitoring away or slow: what it would tell stays unknown
-        nats.missed = False  # the reads of NATS itself answered: no NATS_SLOW for this
-        return None
-    if "write error" not in error:
-        return None
-    return (
-        f"JetStream stores nothing: {error}. New jobs answer 503 and the runners' lines wait. "
-        "Free space in nats-server's store directory, then restart nats-server (`jobrunner up` "
-        "restarts its own once there is room); freed space alone does not mend it."
-    )
 
 
 FAILURES_SHOWN = 100
