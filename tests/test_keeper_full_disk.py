@@ -16,7 +16,7 @@ import nats.errors
 import pytest
 from structlog.testing import capture_logs
 
-from jobrunner.embedded import keeper
+from jobrunner.embedded import keeper, writefailure
 from jobrunner.embedded.nats import EmbeddedNats
 from jobrunner.embedded.scratch import scratch_dir
 from tests.tools.captured_logs import lines_of, until_logged
@@ -25,10 +25,9 @@ from tests.tools.small_disk import fill, mounted_tmpfs
 pytestmark = pytest.mark.timeout(120)
 
 DISK_BYTES = 24 * 1024 * 1024
-ROOM = 4 * 1024 * 1024  # the keeper's ROOM_BYTES here: the disk is small
+ROOM = 4 * 1024 * 1024  # writefailure.ROOM_BYTES here: the disk is small
 STOPPED = (
-    "nats-server stopped writing its data (see its log: a full disk?); "
-    "it is restarted once there is room"
+    "nats-server stopped writing its data: its disk is full; it is restarted once there is room"
 )
 RESTARTING = "nats-server stopped writing its data; there is room again: restarting it"
 # How long the test watches the keeper leave a server on a full disk running (ten of its checks
@@ -47,7 +46,7 @@ def small_disk() -> Iterator[Path]:
 async def kept_nats(
     small_disk: Path, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[EmbeddedNats]:
-    monkeypatch.setattr(keeper, "ROOM_BYTES", ROOM)
+    monkeypatch.setattr(writefailure, "ROOM_BYTES", ROOM)
     monkeypatch.setattr(keeper, "CHECK_SECONDS", 0.1)
     server = EmbeddedNats(small_disk / "nats")
     await asyncio.to_thread(server.start)
@@ -89,6 +88,8 @@ async def test_nats_stops_storing_on_a_full_disk_and_is_restarted_once_there_is_
             said = await asyncio.to_thread(kept_nats.write_failed.wait, 10)
             assert said, "nats-server said no critical write error"
             await until_logged(logs, STOPPED, timeout=10)
+            # nats-server's own line, told as a full disk by its text (writefailure.out_of_space)
+            assert "no space left on device" in lines_of(logs, STOPPED)[0]["error"]
             await asyncio.sleep(FULL_DISK_WATCHED_SECONDS)
             assert kept_nats.proc is not None
             assert kept_nats.proc.pid == first_pid

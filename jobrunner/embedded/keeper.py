@@ -9,10 +9,9 @@ recovery needs.
 
 A server that runs but no longer writes its data is kept too: nats-server's store, once a write
 failed (a full disk), drops every publish until its next start, while it answers every read (so
-nothing else notices). Its output says so (``ServerProcess.write_failed``); once its directory
-has ``ROOM_BYTES`` free again (the operator freed space) it is stopped and started again, and
-it stores again. While the disk stays full it is left running (a start would fail the same
-way), said once."""
+nothing else notices). Its output says so (``ServerProcess.write_failed``, ``write_error``); it
+is stopped and started again when ``writefailure.WriteFailures`` says: a full disk once there is
+room again, another write error after a growing wait."""
 
 from __future__ import annotations
 
@@ -20,13 +19,13 @@ import asyncio
 import contextlib
 import re
 import shutil
-import time
 from collections.abc import Sequence
 
 import structlog
 
 from jobrunner.common import retry
 from jobrunner.embedded.serverprocess import ServerProcess
+from jobrunner.embedded.writefailure import WriteFailures
 
 log = structlog.get_logger()
 
@@ -35,12 +34,6 @@ CHECK_SECONDS = 0.5
 # Waits between failed starts of a server: doubling from the first, at most the longest.
 FIRST_RETRY_SECONDS = 0.5
 LONGEST_RETRY_SECONDS = 10.0
-# Free space a server's directory needs before a server that stopped writing is started again:
-# room for the events of a while, not one write (a start on a nearly full disk fails again).
-ROOM_BYTES = 64 * 1024 * 1024
-# Between two restarts of a server for a failed write, at least: a disk that fills again at once
-# (a tool still printing) is not met with a restart every check.
-RESTART_SPACING_SECONDS = 30.0
 
 
 async def keep_running(servers: Sequence[ServerProcess], stop: asyncio.Event) -> None:
@@ -55,11 +48,11 @@ async def keep_running(servers: Sequence[ServerProcess], stop: asyncio.Event) ->
 
 async def _keep(server: ServerProcess, stop: asyncio.Event) -> None:
     try:
-        full_disk = _FullDisk()
+        failures = WriteFailures(server.name, server.log_file.parent)
         while not stop.is_set():
             if server.proc is not None and not server.running:
                 await _start_again(server, stop)
-            elif server.running and server.write_failed.is_set() and full_disk.room(server):
+            elif server.running and server.write_failed.is_set() and _restart_for(server, failures):
                 await asyncio.to_thread(server.stop)
                 await _start_again(server, stop, exited=False)
             with contextlib.suppress(TimeoutError):
@@ -70,38 +63,10 @@ async def _keep(server: ServerProcess, stop: asyncio.Event) -> None:
         )
 
 
-class _FullDisk:
-    """When a server whose write failed may be started again, said once per failure."""
-
-    def __init__(self) -> None:
-        self._told: set[str] = set()
-        self._restarted_at: dict[str, float] = {}
-
-    def room(self, server: ServerProcess) -> bool:
-        free = shutil.disk_usage(server.log_file.parent).free
-        since = time.monotonic() - self._restarted_at.get(server.name, -RESTART_SPACING_SECONDS)
-        if free >= ROOM_BYTES and since >= RESTART_SPACING_SECONDS:
-            log.warning(
-                f"{server.name} stopped writing its data; there is room again: restarting it",
-                server=server.name,
-                directory=str(server.log_file.parent),
-                free_bytes=free,
-            )
-            self._told.discard(server.name)
-            self._restarted_at[server.name] = time.monotonic()
-            return True
-        if server.name not in self._told:
-            self._told.add(server.name)
-            log.error(
-                f"{server.name} stopped writing its data (see its log: a full disk?); "
-                "it is restarted once there is room",
-                server=server.name,
-                directory=str(server.log_file.parent),
-                free_bytes=free,
-                room_bytes=ROOM_BYTES,
-                what_to_do=f"free space in {server.log_file.parent}",
-            )
-        return False
+def _restart_for(server: ServerProcess, failures: WriteFailures) -> bool:
+    """Whether ``server``, whose store failed a write, is to be started again now."""
+    free = shutil.disk_usage(server.log_file.parent).free
+    return failures.restart_now(server.write_error or "critical write error", free)
 
 
 async def _start_again(server: ServerProcess, stop: asyncio.Event, exited: bool = True) -> None:
