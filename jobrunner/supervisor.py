@@ -1,5 +1,6 @@
 """``jobrunner up``: embedded NATS and Postgres in a state directory, then the four services as
-child processes, restarted if they crash, all stopped in order on Ctrl-C or SIGTERM."""
+child processes, restarted if they crash (the servers too: `embedded/keeper.py`), all stopped in
+order on Ctrl-C or SIGTERM."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from jobrunner.common.cpupriority import (
 from jobrunner.common.processname import process_name
 from jobrunner.common.refusal import REFUSED_EXIT
 from jobrunner.common.settings import Settings, SettingsError
+from jobrunner.embedded.keeper import keep_running
 from jobrunner.embedded.nats import EmbeddedNats, load_or_create_secret
 from jobrunner.embedded.postgres import EmbeddedPostgres
 from jobrunner.preflight import check_port_free, missing_tools, preflight
@@ -325,6 +327,10 @@ async def up(settings: Settings, config_file: str | None) -> int:
     except Exception:
         nats_server.stop()
         raise
+    for server in (nats_server, postgres):
+        # Its clients know it at this port now: a start again must not move it (a port chosen
+        # here may be tried elsewhere when taken at the first start; then it no longer may).
+        server.port_flag = None
     api_url = f"http://{_url_host(settings.host)}:{settings.port}"
     write_runtime(
         state,
@@ -367,6 +373,8 @@ async def up(settings: Settings, config_file: str | None) -> int:
         loop.add_signal_handler(sig, stop.set)
     exit_code = 0
     admin_token = None
+    # A server that dies is started again on its port, as a service is (`keeper`).
+    keeping = asyncio.create_task(keep_running((nats_server, postgres), stop))
     try:
         if settings.auth:
             admin_token = await first_admin_token(settings, nats_server.url)
@@ -389,6 +397,13 @@ async def up(settings: Settings, config_file: str | None) -> int:
         exit_code = 1
     finally:
         log.info("stopping")
+        # The keeper ends its start in flight, if any (bounded by the start's timeout), rather
+        # than being cancelled: its thread would go on and leave a server no one stops.
+        stop.set()
+        try:
+            await keeping
+        except Exception:
+            log.exception("the keeper of the embedded servers failed")
         for name in STOP_ORDER:
             await services[name].stop()
         await asyncio.to_thread(nats_server.stop)

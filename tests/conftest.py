@@ -143,6 +143,15 @@ async def projector_and_api(settings: Settings) -> AsyncIterator[System]:
 
 
 @pytest.fixture
+def state_dir() -> Iterator[Path]:
+    """A state directory for a `jobrunner up` of a test's own (``tests/tools/up_process.Up``).
+    Not under pytest's tmp_path: when we are root, Postgres runs as the 'postgres' user, who
+    must be able to reach its data directory."""
+    with scratch_dir("jobrunner-test-up-") as path:
+        yield path
+
+
+@pytest.fixture
 def own_nats(tmp_path: Path) -> Iterator[EmbeddedNats]:
     """A nats-server of this test's own: pausing it disturbs no other test."""
     server = EmbeddedNats(tmp_path / "nats")

@@ -59,7 +59,7 @@ async def iter_events(
 async def read_stream(
     client: httpx.AsyncClient,
     path: str,
-    last_event_id: str | None = None,
+    last_event_id: str | bytes | None = None,
     stop_after: int | None = None,
 ) -> SseStream:
     """Read a stream until the server closes it (or ``stop_after`` events arrived)."""

@@ -216,3 +216,28 @@ async def test_a_backend_the_first_look_missed_is_killed_too(
         assert backend in looks[0]  # it was there to miss
         await asyncio.to_thread(own_postgres.start)
         assert await answers(own_postgres)
+
+
+@pytest.mark.skipif(not pid_taking.available(), reason=pid_taking.WHY_NOT)
+async def test_postgres_starts_again_when_its_killed_postmasters_pid_was_taken(
+    own_postgres: EmbeddedPostgres,
+) -> None:
+    """Killed, the postmaster leaves its lock files behind (postmaster.pid, its socket's);
+    once a process of Postgres' user takes its pid, Postgres took them for a live server's and
+    refused every start ("lock file ... already exists"). The kill removes the locks of the
+    postmaster it reaped, and the start goes through."""
+    assert own_postgres.proc is not None
+    postmaster = own_postgres.proc.pid
+    await asyncio.to_thread(own_postgres.kill)
+    # Postgres' user's own process: one it may not signal (EPERM) it takes for no server.
+    as_server_user = ["setpriv", f"--reuid={own_postgres.user}", "--init-groups"]
+    bystander = pid_taking.started_at(
+        postmaster, [*(as_server_user if own_postgres.user else []), "sleep", "600"]
+    )
+    assert bystander is not None, f"no process could take the pid {postmaster}"
+    try:
+        await asyncio.to_thread(own_postgres.start)
+        assert await answers(own_postgres)
+    finally:
+        bystander.kill()
+        bystander.wait()

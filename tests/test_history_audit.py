@@ -74,6 +74,28 @@ async def test_events_of_an_unknown_job_are_404(audited: System) -> None:
     assert wildcard.status_code == 404
 
 
+@pytest.mark.parametrize(
+    ("path", "largest"),
+    [("/api/jobs/a/logs", 2**31 - 1), ("/api/jobs/a/events", 2**63 - 1)],
+)
+async def test_after_past_any_sequence_is_a_clear_refusal(
+    audited: System, path: str, largest: int
+) -> None:
+    """`after` at the largest sequence there can be answers an empty last page; past it (a
+    client's overflowed counter), `400 INVALID_QUERY` naming `after`, not a 500 or a 503."""
+    async with audited.client() as client:
+        at_the_end = await client.get(path, params={"after": largest})
+        past = [await client.get(path, params={"after": largest + n}) for n in (1, 2**64)]
+    assert at_the_end.status_code == 200, at_the_end.text
+    assert at_the_end.json()["items"] == []
+    assert at_the_end.json()["next_after"] is None
+    for answer in past:
+        assert answer.status_code == 400, answer.text
+        error = answer.json()["error"]
+        assert (error["code"], error["field"]) == ("INVALID_QUERY", "after")
+        assert f"between 0 and {largest}" in error["message"]
+
+
 async def run_events_cli(settings: Settings, *args: str) -> list[str]:
     env = cli_env(settings) | {"JOBRUNNER_STATE_DIR": settings.state_dir}
     out, _ = await run_cli(*args, env=env)

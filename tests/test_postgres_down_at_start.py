@@ -6,7 +6,7 @@ with one log line per outage, the runner and the notifier never need it."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
@@ -25,6 +25,7 @@ from tests.sse_client import read_stream
 from tests.system import System
 from tests.tools.api_parts import gate_of
 from tests.tools.began import began_event
+from tests.tools.captured_logs import lines_of, until_logged
 from tests.tools.health_reports import codes, health
 from tests.tools.job_type_files import TEST_TYPES
 from tests.tools.postgres_processes import frozen_postgres
@@ -209,16 +210,6 @@ async def test_a_freeze_just_longer_than_the_first_look_starts_without_the_versi
     async with asyncio.timeout(30):
         while not gate_of(system).known:  # noqa: ASYNC110
             await asyncio.sleep(0.05)  # the gate's watch looks on its own
-
-
-def lines_of(logs: Sequence[Mapping[str, Any]], event: str) -> list[Mapping[str, Any]]:
-    return [line for line in logs if line["event"] == event]
-
-
-async def until_logged(logs: Sequence[Mapping[str, Any]], event: str, timeout: float = 60) -> None:
-    async with asyncio.timeout(timeout):
-        while not lines_of(logs, event):  # noqa: ASYNC110
-            await asyncio.sleep(0.05)  # structlog's capture: a list, no event
 
 
 async def test_the_projector_waits_for_a_stopped_postgres_with_one_line_and_starts(

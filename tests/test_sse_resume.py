@@ -74,9 +74,22 @@ async def test_resume_after_the_end_replays_from_a_finished_job(system: System) 
     assert after_done.events[0].json["status"] == "completed"
 
 
-async def test_a_malformed_last_event_id_starts_from_the_beginning(system: System) -> None:
-    """A Last-Event-ID that is not ours is ignored rather than failing the stream."""
-    job_id = await start(system, lines=3)
+# Values Python's int() reads as a number (or refuses with its own digit limit) that are no id
+# the server sends: before session 41 "+5", "٣" and "1_0" resumed after sequence 5, 3 and 10,
+# 32 digits answered 400 LAST_EVENT_ID_AHEAD and 5,000 were ignored by accident.
+NOT_OUR_IDS = ["banana", "+5", "٣", "1_0", "5:+1", "9" * 32, "9" * 5000, "5 :1"]
+
+
+@pytest.mark.parametrize(
+    "raw",
+    NOT_OUR_IDS,
+    ids=["word", "plus", "arabic", "underscore", "plus_index", "32_digits", "5000_digits", "space"],
+)
+async def test_a_malformed_last_event_id_starts_from_the_beginning(
+    system: System, raw: str
+) -> None:
+    """A Last-Event-ID that is not an id the server sends is ignored: every line from the start."""
+    job_id = await start(system, lines=8)
     async with system.client() as client:
-        stream = await read_stream(client, f"/jobs/stream/{job_id}", last_event_id="banana")
-    assert line_texts(stream.events) == [f"INFO line {i} [{i}/3]" for i in range(1, 4)]
+        stream = await read_stream(client, f"/jobs/stream/{job_id}", last_event_id=raw.encode())
+    assert line_texts(stream.events) == [f"INFO line {i} [{i}/8]" for i in range(1, 9)]

@@ -7,7 +7,6 @@ import os
 import re
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,23 +14,16 @@ import httpx
 import pytest
 
 from jobrunner.common import cpupriority
-from jobrunner.embedded.scratch import scratch_dir
 from jobrunner.embedded.serverprocess import free_port
 from tests.freeze import freeze, thaw
-from tests.tools.up_process import TOKEN_RE, URL_RE, Up, services_of
-
-
-def processes_using(path: Path) -> list[str]:
-    """Command lines of live processes that mention ``path`` (our servers name their dirs)."""
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if str(path) in cmdline and int(pid) != os.getpid():
-            found.append(cmdline)
-    return found
+from tests.tools.up_process import (
+    TOKEN_RE,
+    URL_RE,
+    Up,
+    processes_using,
+    run_a_job,
+    services_of,
+)
 
 
 def services_niceness(up_pid: int) -> dict[str, set[int]]:
@@ -49,27 +41,6 @@ def autogroup_niceness(up_pid: int) -> dict[str, int]:
         name: cpupriority.autogroup_niceness(int(pid)) for name, pid in services_of(up_pid).items()
     }
     return {name: niceness for name, niceness in groups.items() if niceness is not None}
-
-
-@pytest.fixture
-def state_dir() -> Iterator[Path]:
-    # Not under pytest's tmp_path: when we are root, Postgres runs as the 'postgres' user, who
-    # must be able to reach its data directory.
-    with scratch_dir("jobrunner-test-up-") as path:
-        yield path
-
-
-def run_a_job(base_url: str, token: str | None) -> str:
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    with httpx.Client(base_url=base_url, headers=headers, timeout=30) as client:
-        created = client.post("/api/jobs", json={"job_type": "blacklist_sync"})
-        assert created.status_code == 201, created.text
-        job_id = str(created.json()["id"])
-        with client.stream("GET", f"/jobs/stream/{job_id}") as stream:
-            body = "".join(stream.iter_text())
-    assert "event: done" in body
-    assert '"status":"completed"' in body
-    return job_id
 
 
 PEERS = ("runner", "projector", "notifier")

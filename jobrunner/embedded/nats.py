@@ -83,6 +83,10 @@ class EmbeddedNats(ServerProcess):
             ],
             log_file=store_dir / "nats-server.log",
             ready_text="Server is ready",
+            # A stream's store that failed a write (ENOSPC above all) stops storing for good:
+            # nats-server 2.x keeps its JetStream on and answers every read, drops each publish
+            # without an answer (the publisher times out) and mends only at its next start.
+            write_error_text="critical write error",
             port_flag=None if port else "--port",
         )
 

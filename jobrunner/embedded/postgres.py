@@ -245,6 +245,19 @@ class EmbeddedPostgres(ServerProcess):
         super().kill()  # the postmaster reaped (or, with no shared memory yet, killed now)
         if still_running:
             raise PostgresNotEnded(self.data_dir, still_running, timeout)
+        self._forget_lock(self.proc.pid)
+
+    def _forget_lock(self, reaped: int) -> None:
+        """Remove the lock files a killed postmaster (``reaped``, by us) left: postmaster.pid
+        and its socket's ``.s.PGSQL.<port>.lock`` (in the data directory, where it listens).
+        Once its pid is reused by a process of Postgres' user, the next start would take
+        them for a live server's and refuse for good. Only that postmaster's (their first
+        line), and only with nothing attached any more (``kill`` makes sure): another's are
+        left to Postgres."""
+        for lock in [self.data_dir / "postmaster.pid", *self.data_dir.glob(".s.PGSQL.*.lock")]:
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                if int(lock.read_text().splitlines()[0]) == reaped:
+                    lock.unlink()
 
     def _shared_memory(self) -> processtree.Segment | None:
         """The shared memory segment this server's postmaster created, as its postmaster.pid

@@ -103,8 +103,15 @@ class ServerProcess:
         user: str | None = None,
         port_flag: str | None = None,
         env: dict[str, str] | None = None,
+        write_error_text: str | None = None,
     ) -> None:
         self.name = name
+        # A line of the server's output (lower case) saying it could not write its data; seen
+        # since its last start: ``write_failed``, and the first such line in ``write_error``
+        # (the keeper acts on it: its error tells a full disk from other failures).
+        self.write_error_text = write_error_text
+        self.write_failed = threading.Event()
+        self.write_error: str | None = None
         self.env = env
         self.argv = list(argv)
         self.log_file = log_file
@@ -156,11 +163,19 @@ class ServerProcess:
         out = self.proc.stdout
         tail: list[str] = []
 
+        self.write_failed.clear()
+        self.write_error = None
+        failing_text = self.write_error_text.encode() if self.write_error_text else None
+
         def pump() -> None:
             with self.log_file.open("ab") as f:
                 for line in out:
                     f.write(line)
                     f.flush()
+                    if failing_text is not None and failing_text in line.lower():
+                        if self.write_error is None:  # set before the event: read after it
+                            self.write_error = line.decode(errors="replace").strip()
+                        self.write_failed.set()
                     if not ready.is_set():
                         tail.append(line.decode(errors="replace").rstrip())
                         del tail[:-20]

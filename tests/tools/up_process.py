@@ -12,6 +12,10 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
+
+from jobrunner.embedded import processtree
+
 URL_RE = re.compile(r"jobrunner is running at (http://\S+)/jobs")
 TOKEN_RE = re.compile(r"^\s{4}(\S{20,})\s*$", re.MULTILINE)
 
@@ -66,6 +70,36 @@ class Up:
         return self.proc.wait(timeout)
 
 
+# The program each embedded server of `jobrunner up` runs, by the name `up` logs it under.
+SERVER_PROGRAMS = {"nats-server": b"nats-server", "postgres": b"postgres"}
+
+
+def server_pid(up_pid: int, server: str) -> int:
+    """The pid of the embedded ``server`` (a name of ``SERVER_PROGRAMS``) `jobrunner up`
+    (``up_pid``) started."""
+    for pid in processtree.children_of(up_pid):
+        try:
+            program = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
+        except OSError:
+            continue  # gone meanwhile
+        if program.endswith(b"/" + SERVER_PROGRAMS[server]):
+            return pid
+    raise AssertionError(f"`jobrunner up` ({up_pid}) runs no {server}")
+
+
+def processes_using(path: Path) -> list[str]:
+    """Command lines of live processes that mention ``path`` (our servers name their dirs)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if str(path) in cmdline and int(pid) != os.getpid():
+            found.append(cmdline)
+    return found
+
+
 def services_of(up_pid: int) -> dict[str, str]:
     """The pid of each service `jobrunner up` (``up_pid``) started, by service name."""
     found: dict[str, str] = {}
@@ -90,3 +124,18 @@ def restarted(up_pid: int, name: str, old_pid: str, within: float = 120) -> str 
             return pid
         time.sleep(0.1)
     return None
+
+
+def run_a_job(base_url: str, token: str | None) -> str:
+    """Run the default types' internal job to its end through the API at ``base_url``, following
+    its stream; its id."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    with httpx.Client(base_url=base_url, headers=headers, timeout=30) as client:
+        created = client.post("/api/jobs", json={"job_type": "blacklist_sync"})
+        assert created.status_code == 201, created.text
+        job_id = str(created.json()["id"])
+        with client.stream("GET", f"/jobs/stream/{job_id}") as stream:
+            body = "".join(stream.iter_text())
+    assert "event: done" in body
+    assert '"status":"completed"' in body
+    return job_id

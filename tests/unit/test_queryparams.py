@@ -91,6 +91,50 @@ def test_integer_out_of_range_or_not_a_number_is_refused(raw: str, words: str) -
     assert words in error.message
 
 
+@pytest.mark.parametrize("raw", ["+5", "1_0", "٣", " 5", "5 ", "-", "--1", "0x1f", "5.0"])
+def test_integer_in_other_digits_or_signs_is_refused(raw: str) -> None:
+    """A number Python would read but the API does not write (a sign, an underscore, another
+    script's digits, spaces) is refused as not an integer, not read as some other value."""
+    error = refused(lambda: query(("limit", raw)).integer("limit", 50, 1, 500))
+    assert "digits 0-9" in error.message
+
+
+@pytest.mark.parametrize("digits", [21, 32, 5000])
+def test_integer_of_many_digits_is_out_of_range(digits: int) -> None:
+    """However many digits a value has, it is refused as out of range (5,000 digits used to
+    meet Python's own limit on int())."""
+    error = refused(lambda: query(("limit", "9" * digits)).integer("limit", None, 0, 2**63 - 1))
+    assert "between 0 and 9223372036854775807" in error.message
+
+
+@pytest.mark.parametrize("raw", ["-1", "-0", "-500", "-" + "9" * 5000])
+def test_a_negative_integer_is_told_the_range(raw: str) -> None:
+    """A negative value is a number below the range, and is told the range (not that it is no
+    integer)."""
+    error = refused(lambda: query(("limit", raw)).integer("limit", 50, 1, 500))
+    assert "between 1 and 500" in error.message
+
+
+@pytest.mark.parametrize(("raw", "expected"), [("007", 7), ("0" * 19 + "5", 5), ("0" * 5000, 0)])
+def test_leading_zeros_are_read_as_the_number(raw: str, expected: int) -> None:
+    """Leading zeros mean nothing, however many (as in Last-Event-ID): 007 is 7."""
+    assert query(("limit", raw)).integer("limit", None, 0, 2**63 - 1) == expected
+
+
+@settings(deadline=None, max_examples=300)
+@given(st.integers(-(10**25), 10**25), st.integers(0, 30))
+def test_any_integer_written_with_zeros_is_taken_or_told_the_range(number: int, zeros: int) -> None:
+    """Every integer, written in ASCII digits after any number of zeros, is taken when within
+    its range, and otherwise told the range."""
+    raw = ("-" if number < 0 else "") + "0" * zeros + str(abs(number))
+    maximum = 2**63 - 1
+    if 0 <= number <= maximum:
+        assert query(("limit", raw)).integer("limit", None, 0, maximum) == number
+    else:
+        error = refused(lambda: query(("limit", raw)).integer("limit", None, 0, maximum))
+        assert f"between 0 and {maximum}" in error.message
+
+
 def test_integer_without_maximum_says_at_least() -> None:
     """A parameter with only a lower bound says 'at least'."""
     assert "at least 1" in refused(lambda: query(("limit", "0")).integer("limit", 5, 1)).message

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import msgspec
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from jobrunner.contracts import events
@@ -14,6 +14,7 @@ from jobrunner.contracts.events import ErrorInfo, JobStatus
 from jobrunner.services.api.directwrite import http_chunk
 from jobrunner.services.api.fanout import Batch, Item
 from jobrunner.services.api.sse import (
+    MAX_STREAM_SEQ,
     LinePayload,
     ResumePoint,
     _batch_wire,
@@ -35,6 +36,12 @@ def test_resume_after_a_whole_event_starts_at_the_next() -> None:
     assert point.next_seq == 42
 
 
+def test_leading_zeros_of_a_last_event_id_mean_nothing() -> None:
+    """Last-Event-ID 0041:003 resumes as 41:3 does, however many zeros lead."""
+    assert ResumePoint.parse("0041:003") == ResumePoint(41, 3)
+    assert ResumePoint.parse("0" * 30 + "41") == ResumePoint(41)
+
+
 def test_resume_mid_batch_reads_that_batch_again() -> None:
     """Last-Event-ID 41:3 reads message 41 again, skipping its lines up to index 3."""
     point = ResumePoint.parse(" 41:3 ")
@@ -42,24 +49,73 @@ def test_resume_mid_batch_reads_that_batch_again() -> None:
     assert point.next_seq == 41
 
 
-@pytest.mark.parametrize("raw", [None, "", "abc", "41:x", "-1", "41:-2", "4 1", "1:2:3"])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        None,
+        "",
+        "abc",
+        "41:x",
+        "-1",
+        "41:-2",
+        "4 1",
+        "1:2:3",
+        "+5",
+        "1_000",
+        "٣",
+        "41:+1",
+        "0x1f",
+        "4\u00a01",
+        "41:",
+        ":3",
+        "9" * 20,
+        "9" * 5000,
+        "9223372036854775808",
+        "1:9223372036854775808",
+    ],
+)
 def test_malformed_last_event_id_starts_from_the_beginning(raw: str | None) -> None:
     """A missing or malformed Last-Event-ID is ignored: the stream starts from its beginning."""
     assert ResumePoint.parse(raw) is None
 
 
-@settings(deadline=None)
-@given(st.text(max_size=30))
-def test_any_last_event_id_is_a_resume_point_or_none(raw: str) -> None:
-    """Whatever a client sends as Last-Event-ID, it is a valid resume point or ignored."""
+# Header values as clients send them: any text, and near-misses of an id (digits of every script,
+# signs, underscores, spaces, long runs of digits).
+NEAR_IDS = st.text(
+    st.sampled_from("0123456789:+-_ \t.\u0663\u06f5\u0967") | st.characters(), max_size=40
+) | st.integers(0, 10**25).map(str)
+
+
+def our_id(raw: str) -> tuple[int, int | None] | None:
+    """The oracle: an id the server sends, written out by hand (no regex, no int() of text)."""
+    text = raw.strip(" \t")
+    parts = text.split(":")
+    if len(parts) > 2 or not all(p and all(c in "0123456789" for c in p) for p in parts):
+        return None
+    numbers = [sum(int(c) * 10**i for i, c in enumerate(reversed(p))) for p in parts]
+    if any(n > MAX_STREAM_SEQ for n in numbers):
+        return None
+    return numbers[0], numbers[1] if len(numbers) == 2 else None
+
+
+@settings(deadline=None, max_examples=500)
+@given(NEAR_IDS)
+@example("0" * 19 + "5")  # leading zeros beyond 19 digits (the review's case: read as 5)
+@example("0" * 5000 + "41:" + "0" * 30 + "3")
+@example("0" * 5 + "9" * 19)  # past MAX_STREAM_SEQ once the zeros are left aside
+def test_any_last_event_id_is_our_id_or_ignored(raw: str) -> None:
+    """Whatever a client sends as Last-Event-ID, it is read as the id it spells in ASCII digits,
+    within a stream's sequences, or ignored as a whole (never half read)."""
+    expected = our_id(raw)
     point = ResumePoint.parse(raw)
-    if point is not None:
-        assert point.stream_seq >= 0
-        assert point.line_index is None or point.line_index >= 0
+    if expected is None:
+        assert point is None
+    else:
+        assert point == ResumePoint(*expected)
 
 
 @settings(deadline=None)
-@given(st.integers(0, 2**64), st.none() | st.integers(0, 10_000))
+@given(st.integers(0, MAX_STREAM_SEQ), st.none() | st.integers(0, 10_000))
 def test_ids_sent_are_read_back_as_sent(seq: int, index: int | None) -> None:
     """The id the server sent resumes exactly there."""
     raw = f"{seq}:{index}" if index is not None else str(seq)

@@ -20,6 +20,12 @@ from jobrunner.services.api.errors import ApiError
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,200}\Z")  # \Z: "$" lets a final "\n" through
 _SPACED_OFFSET = re.compile(r"(\d\d:\d\d(?::\d\d(?:\.\d+)?)?) (\d\d:?\d\d)$")
 MAX_SEARCH_LENGTH = 200
+# ASCII digits, leading zeros allowed ("007" is 7, as in Last-Event-ID): int() also takes "1_000",
+# "+5", " 5" and other scripts' digits, and raises its own error past 4300 digits. A leading "-"
+# is read only to say the value is below its range (every parameter's minimum is 0 or more).
+_INTEGER = re.compile(r"(-?)0*([0-9]+)")
+# More digits (leading zeros aside) than any bound a parameter has: out of range, not parsed.
+_MOST_DIGITS = 20
 # ``archived``: ``false`` (the default: archived rows left out), ``true`` (only them), ``all``.
 ARCHIVED_CHOICES = ("false", "true", "all")
 
@@ -140,11 +146,13 @@ class Query:
         raw = self._one(field)
         if raw is None:
             return default
-        try:
-            value = int(raw)
-        except ValueError:
-            raise invalid(field, f"{field!r} must be an integer, not {raw!r}.") from None
-        if value < minimum or (maximum is not None and value > maximum):
+        found = _INTEGER.fullmatch(raw)
+        if found is None:
+            shown = raw if len(raw) <= 40 else raw[:40] + "…"
+            raise invalid(field, f"{field!r} must be an integer in the digits 0-9, not {shown!r}.")
+        negative, digits = found.groups()
+        value = int(digits) if not negative and len(digits) <= _MOST_DIGITS else None
+        if value is None or value < minimum or (maximum is not None and value > maximum):
             upper = f" and {maximum}" if maximum is not None else ""
             word = "between" if maximum is not None else "at least"
             raise invalid(field, f"{field!r} must be {word} {minimum}{upper}.")

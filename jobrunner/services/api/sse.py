@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import re
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -66,6 +67,20 @@ def encode_data(data: Any) -> bytes:
     return escape_breaks(_encoder.encode(data))
 
 
+# The largest stream sequence a client may name (``after``, ``Last-Event-ID``): the read models
+# keep sequences in Postgres bigint columns (``stream_seq``, signed 64-bit), so none beyond it
+# is ever stored. JetStream's own are unsigned 64-bit: 2**63 to 2**64-2 could be asked of it,
+# and answer 400 on purpose (one rule for every place a sequence is named); beyond 2**64 not
+# even that (before session 41 an event page's request failed there, answered 503).
+MAX_STREAM_SEQ = 2**63 - 1
+
+# An id as the server sends it: ASCII digits only (Python's int() also takes "1_000", "+5" and
+# other scripts' digits, and refuses more than 4300 digits with a ValueError of its own), with
+# at most as many digits as MAX_STREAM_SEQ has once leading zeros (which mean nothing: "007" is
+# 7, as int() reads it) are left aside.
+_RESUME_ID = re.compile(r"0*([0-9]{1,19})(?::0*([0-9]{1,19}))?")
+
+
 @dataclass(frozen=True)
 class ResumePoint:
     stream_seq: int
@@ -73,15 +88,18 @@ class ResumePoint:
 
     @classmethod
     def parse(cls, raw: str | None) -> ResumePoint | None:
-        """``None`` for a missing or malformed header: the stream then starts from the beginning."""
+        """``None`` for a missing header and for any value that is not an id the server sends
+        (``<seq>`` or ``<seq>:<index>``, ASCII digits, leading zeros allowed, each at most
+        ``MAX_STREAM_SEQ``): the
+        stream then starts from the beginning, as without one."""
         if not raw:
             return None
-        seq, _, index = raw.strip().partition(":")
-        try:
-            point = cls(int(seq), int(index) if index else None)
-        except ValueError:
+        found = _RESUME_ID.fullmatch(raw.strip(" \t"))  # HTTP's optional white space only
+        if found is None:
             return None
-        if point.stream_seq < 0 or (point.line_index is not None and point.line_index < 0):
+        seq, index = found.groups()
+        point = cls(int(seq), int(index) if index is not None else None)
+        if point.stream_seq > MAX_STREAM_SEQ or (point.line_index or 0) > MAX_STREAM_SEQ:
             return None
         return point
 

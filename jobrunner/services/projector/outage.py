@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import re
 import time
 
 import asyncpg
@@ -32,8 +34,82 @@ WHAT_TO_DO = (
     "start Postgres (or wait for its restart), or check database_url; the projector applies the "
     "events stored meanwhile once it answers"
 )
+# SQLSTATE 53100 (disk_full): Postgres answers, but cannot write; starting it, or another
+# database_url, does not help, space where it keeps its data does. Its message names the file,
+# relative to its data directory ("base/16384/16397", a tablespace's "pg_tblspc/<oid>/...").
+DISK_FULL = "53100"
+_NAMED_FILE = re.compile(r'file "([^"]+)"')
+_TABLESPACE_FILE = re.compile(r"pg_tblspc/([0-9]+)/")
+DISK_FULL_THEN = "; the projector applies the events stored meanwhile once Postgres can write again"
+# The rest of class 53 (out of memory, configuration limits): Postgres answers, short of them.
+WHAT_TO_DO_ON_SHORT_RESOURCES = (
+    "give Postgres what the error names (memory, or the setting it names: max_connections, "
+    "max_locks_per_transaction); the projector applies the events stored meanwhile once it can"
+)
 WAITING_EVENT = "projector waits for Postgres"
 BACK_EVENT = "Postgres answers: projector goes on"
+
+
+def disk_full(exc: BaseException) -> bool:
+    return isinstance(exc, asyncpg.PostgresError) and getattr(exc, "sqlstate", None) == DISK_FULL
+
+
+def _named_file(exc: BaseException) -> str | None:
+    found = _NAMED_FILE.search(str(exc))
+    return found[1] if found else None
+
+
+async def full_directory(pool: asyncpg.Pool, exc: BaseException) -> str | None:
+    """Where a Postgres whose disk is full (``exc``) could not write, as Postgres tells it: the
+    location of the tablespace of the file the error names, else its data directory; None when
+    it does not tell (``data_directory`` is shown to superusers and pg_read_all_settings only)
+    or does not answer. Asked on the pool's connections, which give up on a silent server."""
+    named = _named_file(exc) or ""
+    if named.startswith("/"):
+        return os.path.dirname(named)
+    tablespace = _TABLESPACE_FILE.match(named)
+    try:
+        async with pool.acquire() as conn:
+            if tablespace is not None:
+                where = await conn.fetchval(
+                    "SELECT pg_tablespace_location($1::oid)", int(tablespace[1])
+                )
+            else:
+                where = await conn.fetchval("SHOW data_directory")
+    except Exception:  # only to say where: the advice without it still says what to free
+        return None
+    return str(where) if where else None
+
+
+def what_to_do(exc: BaseException, directory: str | None = None) -> str:
+    """What an operator should do about ``exc``, which stopped the projector applying events: a
+    Postgres out of disk space (in ``directory``, when known: ``full_directory``) or other
+    resources answered (class 53), anything else is Postgres away or refusing (``WHAT_TO_DO``)."""
+    if disk_full(exc):
+        return _free_space(_named_file(exc), directory) + DISK_FULL_THEN
+    sqlstate = getattr(exc, "sqlstate", None) if isinstance(exc, asyncpg.PostgresError) else None
+    # 53300 (too many connections) is a connect's, and passes as the other clients leave.
+    if isinstance(sqlstate, str) and sqlstate.startswith("53") and sqlstate != "53300":
+        return WHAT_TO_DO_ON_SHORT_RESOURCES
+    return WHAT_TO_DO
+
+
+def _free_space(named: str | None, directory: str | None) -> str:
+    """Where to free space: ``directory`` when Postgres told it, else how to ask it."""
+    failed = f" (it could not write {named})" if named else ""
+    if directory is not None:
+        return f"Postgres's disk is full: free space on the filesystem of {directory}{failed}"
+    tablespace = _TABLESPACE_FILE.match(named or "")
+    if tablespace is not None:
+        oid = tablespace[1]
+        return (
+            f"Postgres's disk is full: free space on the filesystem of tablespace {oid} "
+            f"(SELECT pg_tablespace_location({oid}) tells its directory){failed}"
+        )
+    return (
+        "Postgres's disk is full: free space on the filesystem of its data directory (SHOW "
+        f"data_directory, as a superuser, tells it; the file is relative to it){failed}"
+    )
 
 
 def pause_after(failures: int) -> float:

@@ -221,7 +221,7 @@ async def _checkpoint_at_start(
                     reading="the checkpoint",
                     error=f"{type(exc).__name__}: {exc}",
                     retry_every_seconds=outage.RETRY_PAUSE_MAX,
-                    what_to_do=outage.WHAT_TO_DO,
+                    what_to_do=await _what_to_do(pool, exc),
                 )
             if await outage.wait_or_stop(stop, outage.pause_after(retries.failures)):
                 return None
@@ -278,7 +278,7 @@ async def _apply_until_done(
                 first_seq=batch[0][0],
                 last_seq=batch[-1][0],
                 error=f"{type(exc).__name__}: {exc}",
-                what_to_do=outage.WHAT_TO_DO,
+                what_to_do=await _what_to_do(pool, exc),
             )
         if await outage.wait_or_stop(stop, pause):
             return None
@@ -353,6 +353,12 @@ async def _pooled_unless_stopped(
     if stopped:
         return None
     return task.result()
+
+
+async def _what_to_do(pool: asyncpg.Pool, exc: BaseException) -> str:
+    """``outage.what_to_do``, naming where a full disk of Postgres's lies when it tells."""
+    directory = await outage.full_directory(pool, exc) if outage.disk_full(exc) else None
+    return outage.what_to_do(exc, directory)
 
 
 async def _checkpoint_holders(pool: asyncpg.Pool) -> list[dict[str, object]] | str:

@@ -15,6 +15,7 @@ from jobrunner.services.api.errors import job_not_found
 from jobrunner.services.api.queryparams import Query
 from jobrunner.services.api.reads import get
 from jobrunner.services.api.security import principal_of
+from jobrunner.services.api.sse import MAX_STREAM_SEQ
 
 MAX_EVENTS_PAGE = 1000
 
@@ -39,7 +40,8 @@ async def job_events(
     no longer hold, as long as the stream still has their events."""
     ctx = ctx_of(request)
     query = Query(request.query_params, ("after", "limit"))
-    after_seq = query.integer("after", 0, 0) or 0
+    # The read models' bound (a bigint stream_seq), not JetStream's: see MAX_STREAM_SEQ.
+    after_seq = query.integer("after", 0, 0, MAX_STREAM_SEQ) or 0
     page_size = query.integer("limit", 100, 1, MAX_EVENTS_PAGE) or 100
     if not audit.JOB_ID_RE.match(job_id):
         raise job_not_found(job_id)

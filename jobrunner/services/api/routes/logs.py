@@ -11,6 +11,7 @@ from litestar.params import Parameter
 from litestar.response import Stream
 
 from jobrunner.common.loglevels import LEVELS, STREAMS
+from jobrunner.contracts.events import MAX_COUNT
 from jobrunner.services.api import readmodels, schemas
 from jobrunner.services.api.context import ApiContext
 from jobrunner.services.api.dependencies import ctx_of, find_job
@@ -66,7 +67,8 @@ async def log_page(
         streams=query.choices("stream", STREAMS),
         search=query.text("search"),
     )
-    after_seq = query.integer("after", None, 0)
+    # A line's seq is a count (Postgres' integer): a larger one is refused, not sent to Postgres.
+    after_seq = query.integer("after", None, 0, MAX_COUNT)
     tail_count = query.integer("tail", None, 1, MAX_LOG_PAGE)
     page_size = query.integer("limit", 500, 1, MAX_LOG_PAGE) or 500
     if tail_count is not None and after_seq is not None:
@@ -119,5 +121,10 @@ async def download_job_log(request: Request[Any, Any, Any], job_id: str) -> Stre
             "Content-Disposition": f'attachment; filename="{filename}"',
             "X-Content-Type-Options": "nosniff",
             "Cache-Control": "no-store",
+            # What the read models held as the download began: a client can tell a whole log
+            # (a finished job's, as many lines as this) from one read before the projector had
+            # applied the job's end (a download right after the stream's `done`: `running`).
+            "X-Job-Status": str(row["status"]),
+            "X-Log-Lines": str(row["log_count"]),
         },
     )

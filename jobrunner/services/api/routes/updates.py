@@ -35,7 +35,9 @@ async def job_updates(
     """Starts after ``Last-Event-ID``, else after ``?after=``, else after what the read models
     already show (so a list read just before connecting plus this stream miss nothing)."""
     ctx = ctx_of(request)
-    after_seq = Query(request.query_params, ("after",)).integer("after", None, 0)
+    after_seq = Query(request.query_params, ("after",)).integer(
+        "after", None, 0, sse.MAX_STREAM_SEQ
+    )
     resume = sse.ResumePoint.parse(request.headers.get("last-event-id"))
     lookups = stream_lookups(ctx)
     # A start the stream has not reached would hold the stream silent until it did.
