@@ -97,7 +97,8 @@ def status_lines(received: bytes) -> int:
 
 
 def parse_answer(received: bytes) -> RawAnswer:
-    """One HTTP/1.1 answer, as received."""
+    """The first HTTP/1.1 answer of what was received (a connection may carry another after it:
+    a request sent while the one before was served is answered once that one's answer is out)."""
     head, separator, body = received.partition(b"\r\n\r\n")
     assert separator, f"no complete answer: {received[:200]!r}"
     status_line, *lines = head.decode("latin-1").split("\r\n")
@@ -107,4 +108,6 @@ def parse_answer(received: bytes) -> RawAnswer:
         headers[name.strip().lower()] = value.strip()
     if headers.get("transfer-encoding") == "chunked":
         body = _unchunked(body)
+    elif "content-length" in headers:
+        body = body[: int(headers["content-length"])]
     return RawAnswer(int(status_line.split(" ", 2)[1]), headers, body)
