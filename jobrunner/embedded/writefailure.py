@@ -20,6 +20,8 @@ from pathlib import Path
 
 import structlog
 
+from jobrunner.common import retry
+
 log = structlog.get_logger()
 
 # Free space a server's directory needs before a server that stopped writing for a full disk is
@@ -123,7 +125,11 @@ class WriteFailures:
 
     def wait(self) -> float:
         """The wait before the next restart for a write error other than a full disk."""
-        return min(RESTART_SPACING_SECONDS * 2.0**self._restarts, LONGEST_RESTART_SPACING_SECONDS)
+        return retry.delay_after(
+            self._restarts + 1,
+            first=RESTART_SPACING_SECONDS,
+            longest=LONGEST_RESTART_SPACING_SECONDS,
+        )
 
     def _after_waiting(self, write_error: str, now: float) -> bool:
         assert self._seen_at is not None
