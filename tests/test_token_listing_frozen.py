@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import UTC, datetime
 from typing import Any
 
-import msgspec
 import nats
 import pytest
 from nats.js.kv import KeyValue
@@ -18,8 +16,9 @@ from nats.js.kv import KeyValue
 from jobrunner.contracts.names import Names
 from jobrunner.embedded.nats import EmbeddedNats
 from jobrunner.services.api.security import tokens
-from jobrunner.services.api.security.tokens import Role, TokenRecord, TokenStore
+from jobrunner.services.api.security.tokens import TokenStore
 from tests.freeze import freeze, thaw, thaw_later
+from tests.tools.token_records import store_viewer_tokens
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -48,21 +47,7 @@ async def test_a_token_listing_waits_for_a_frozen_nats_within_its_bound(
     try:
         js = nc.jetstream()
         store = await TokenStore.open(js, Names(f"t{uuid.uuid4().hex[:8]}"))
-        now = datetime.now(UTC)
-        for first in range(0, RECORDS, 1000):
-            await asyncio.gather(
-                *(
-                    js.publish(
-                        f"$KV.{store.kv._name}.token.t{n}",
-                        msgspec.json.encode(
-                            TokenRecord(
-                                id=f"t{n}", name=f"n{n}", role=Role.VIEWER, hash="h", created_at=now
-                            )
-                        ),
-                    )
-                    for n in range(first, first + 1000)
-                )
-            )
+        await store_viewer_tokens(js, store, RECORDS)
         real_updates = KeyValue.KeyWatcher.updates
         frozen = asyncio.Event()
 

@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import nats.errors
 import pytest
 from nats.js.kv import KeyValue
@@ -23,7 +21,8 @@ from jobrunner.common import eventstore
 from jobrunner.common.settings import Settings
 from jobrunner.contracts.names import Names
 from jobrunner.embedded.nats import EmbeddedNats
-from jobrunner.services.api.security.tokens import Role, TokenRecord, TokenStore
+from jobrunner.services.api.security.tokens import TokenStore
+from tests.tools.token_records import store_viewer_tokens
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -43,21 +42,7 @@ async def test_a_token_listing_across_a_nats_restart_is_whole_or_a_clear_error(
     try:
         js = nc.jetstream()
         store = await TokenStore.open(js, Names(f"t{uuid.uuid4().hex[:8]}"))
-        now = datetime.now(UTC)
-        for first in range(0, RECORDS, 1000):
-            await asyncio.gather(
-                *(
-                    js.publish(
-                        f"$KV.{store.kv._name}.token.t{n}",
-                        msgspec.json.encode(
-                            TokenRecord(
-                                id=f"t{n}", name=f"n{n}", role=Role.VIEWER, hash="h", created_at=now
-                            )
-                        ),
-                    )
-                    for n in range(first, first + 1000)
-                )
-            )
+        await store_viewer_tokens(js, store, RECORDS)
         real_updates = KeyValue.KeyWatcher.updates
         restarting: asyncio.Task[None] | None = None
         consumers: set[str] = set()  # the watch's consumers its records came from
