@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -22,8 +21,9 @@ from jobrunner.common import eventstore, keywatch
 from jobrunner.common.settings import Settings
 from jobrunner.common.slots import SlotValue
 from jobrunner.contracts.names import Names
-from jobrunner.services.api.security.tokens import Role, TokenRecord, TokenStore
+from jobrunner.services.api.security.tokens import Role, TokenStore
 from tests.tools.lock_board import watching_board
+from tests.tools.token_records import store_viewer_tokens
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -97,20 +97,7 @@ async def test_a_token_listing_whose_messages_nats_py_dropped_lists_every_token(
     until its 5 s bound and failed (or, before the listing waited for every stored key, it
     answered without them)."""
     store = await TokenStore.open(js, Names(f"t{uuid.uuid4().hex[:8]}"))
-    now = datetime.now(UTC)
-    await asyncio.gather(
-        *(
-            js.publish(
-                f"$KV.{store.kv._name}.token.t{n}",
-                msgspec.json.encode(
-                    TokenRecord(
-                        id=f"t{n}", name="x" * 900, role=Role.VIEWER, hash="h", created_at=now
-                    )
-                ),
-            )
-            for n in range(RECORDS)
-        )
-    )
+    await store_viewer_tokens(js, store, RECORDS, padding=900)
     small_nats_py_queues(js, monkeypatch, watches=1)
     first_entry_held_up(monkeypatch)
     with capture_logs() as logs:
@@ -180,20 +167,7 @@ async def test_the_api_token_watch_that_lost_messages_knows_every_token(
     stream of one is not ended), a token created afterwards too. Before: the start waited for
     the dropped records until its 10 s bound and failed."""
     store = await TokenStore.open(js, Names(f"t{uuid.uuid4().hex[:8]}"))
-    now = datetime.now(UTC)
-    await asyncio.gather(
-        *(
-            js.publish(
-                f"$KV.{store.kv._name}.token.t{n}",
-                msgspec.json.encode(
-                    TokenRecord(
-                        id=f"t{n}", name="x" * 900, role=Role.VIEWER, hash="h", created_at=now
-                    )
-                ),
-            )
-            for n in range(RECORDS)
-        )
-    )
+    await store_viewer_tokens(js, store, RECORDS, padding=900)
     small_nats_py_queues(js, monkeypatch, watches=1)
     first_entry_held_up(monkeypatch)
     with capture_logs() as logs:

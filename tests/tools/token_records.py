@@ -12,8 +12,11 @@ from nats.js import JetStreamContext
 from jobrunner.services.api.security.tokens import Role, TokenRecord, TokenStore
 
 
-async def store_viewer_tokens(js: JetStreamContext, store: TokenStore, count: int) -> None:
-    """``count`` viewer tokens ``t0``, ``t1``, ... in ``store``'s bucket."""
+async def store_viewer_tokens(
+    js: JetStreamContext, store: TokenStore, count: int, padding: int = 0
+) -> None:
+    """``count`` viewer tokens ``t0``, ``t1``, ... in ``store``'s bucket, each name ``padding``
+    bytes longer (records that fill a client's queue sooner)."""
     now = datetime.now(UTC)
     for first in range(0, count, 1000):
         await asyncio.gather(
@@ -22,7 +25,11 @@ async def store_viewer_tokens(js: JetStreamContext, store: TokenStore, count: in
                     f"$KV.{store.kv._name}.token.t{n}",
                     msgspec.json.encode(
                         TokenRecord(
-                            id=f"t{n}", name=f"n{n}", role=Role.VIEWER, hash="h", created_at=now
+                            id=f"t{n}",
+                            name=f"n{n}" + "x" * padding,
+                            role=Role.VIEWER,
+                            hash="h",
+                            created_at=now,
                         )
                     ),
                 )
