@@ -292,6 +292,7 @@ class StreamReader:
         self._pieces = []
         self._buffered = self._awaited = 0
         self._error = None
+        self._pending = None  # a fast-path head holds its whole read's buffer
 
     # --- the protocol
 
