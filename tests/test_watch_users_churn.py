@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import msgspec
 import pytest
@@ -54,17 +56,28 @@ async def churn(kv: KeyValue, table: SlotTable, stop: asyncio.Event, seed: int) 
         await table.forget_run(other)
 
 
+@asynccontextmanager
+async def churning(kv: KeyValue, table: SlotTable) -> AsyncIterator[None]:
+    """The stable leases, places and running jobs stored, then two writers churning the bucket
+    while the body runs."""
+    await store_stable(kv, table)
+    stop = asyncio.Event()
+    writers = [asyncio.create_task(churn(kv, table, stop, seed)) for seed in range(2)]
+    try:
+        yield
+    finally:
+        stop.set()
+        await asyncio.gather(*writers)
+
+
 async def test_a_lock_board_made_while_leases_are_renewed_knows_every_lease_and_place(
     settings: Settings,
 ) -> None:
     """Each new board, once ready, knows every lease and queue place stored all along."""
     async with slot_table(settings) as table:
         kv = await table.kv()
-        await store_stable(kv, table)
-        stop = asyncio.Event()
-        writers = [asyncio.create_task(churn(kv, table, stop, seed)) for seed in range(2)]
         missing: list[list[str]] = []
-        try:
+        async with churning(kv, table):
             for _ in range(8):
                 async with asyncio.timeout(30), watching_board(kv) as (board, _stop):
                     missed = [key for key in LEASES if key not in board.slots]
@@ -74,9 +87,6 @@ async def test_a_lock_board_made_while_leases_are_renewed_knows_every_lease_and_
                         if not board.queued("slot." + lock, job)
                     ]
                     missing.append(missed)
-        finally:
-            stop.set()
-            await asyncio.gather(*writers)
         assert [missed for missed in missing if missed] == []
 
 
@@ -87,16 +97,10 @@ async def test_the_running_jobs_list_read_while_jobs_start_and_end_has_every_run
     jobs start and end (their records purged) and the running ones' records are rewritten."""
     async with slot_table(settings) as table:
         kv = await table.kv()
-        await store_stable(kv, table)
-        stop = asyncio.Event()
-        writers = [asyncio.create_task(churn(kv, table, stop, seed)) for seed in range(2)]
         missing: list[list[str]] = []
-        try:
+        async with churning(kv, table):
             for _ in range(20):
                 async with asyncio.timeout(30):
                     listed = {record.job_id for record in await table.run_records()}
                 missing.append(sorted(set(RUNNING) - listed))
-        finally:
-            stop.set()
-            await asyncio.gather(*writers)
         assert [missed for missed in missing if missed] == []
